@@ -1,0 +1,241 @@
+//! Wire protocol v1: every message a sentry and a commander exchange.
+//!
+//! Messages are encoded with bincode 2's own derives (standard config:
+//! little-endian, varint lengths) inside length-prefixed frames (see
+//! [`crate::codec`]). Maps are `BTreeMap`, so an encoding is deterministic.
+//! New messages are added as new variants **at the end** of an enum; the
+//! golden fixtures in `tests/golden.rs` break if an existing encoding moves.
+//! `docs/protocol.md` describes each message and every signature input.
+
+use std::collections::BTreeMap;
+
+use bincode::{Decode, Encode};
+
+use crate::node_id::NodeId;
+use crate::wallet::WalletAddress;
+
+/// The protocol version in `Hello`; the ALPN carries the same number.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// TLS ALPN of protocol v1.
+pub const ALPN: &[u8] = b"hashfleet/1";
+/// TLS exporter label for channel binding of the challenge proofs.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-hashfleet/v1/channel-binding";
+
+/// Everything a sentry sends to a commander.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum SentryMessage {
+    Hello(Hello),
+    Proof(Proof),
+    Heartbeat(SignedHeartbeat),
+}
+
+/// Everything a commander sends to a sentry.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum CommanderMessage {
+    Challenge(Challenge),
+    Welcome(Welcome),
+    Reject(Reject),
+    StatusUpdate(StatusUpdate),
+    Ack(Ack),
+    Nack(Nack),
+}
+
+/// What kind of sentry is speaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum SentryKind {
+    Host,
+    Asic,
+    /// Virtual sentries of tests and the load generator.
+    Synthetic,
+}
+
+impl SentryKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SentryKind::Host => "host",
+            SentryKind::Asic => "asic",
+            SentryKind::Synthetic => "synthetic",
+        }
+    }
+}
+
+/// First message of a session, sentry → commander.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Hello {
+    pub protocol_version: u16,
+    /// Must be the key the sentry presented in TLS.
+    pub node_id: NodeId,
+    pub kind: SentryKind,
+    pub agent_version: String,
+    pub wallet_address: WalletAddress,
+    /// EIP-191 signature by the wallet key over the node_id text.
+    pub wallet_proof: [u8; 65],
+    pub enroll_token: Option<String>,
+    /// The commander signs this nonce to prove it holds its key.
+    pub nonce: [u8; 32],
+    /// Labels from the sentry's config, such as `site` and `rack`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Commander → sentry: the commander's proof plus a nonce for the sentry
+/// to sign. Sent once after `Hello`, and again at any time to re-verify.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Challenge {
+    pub nonce: [u8; 32],
+    /// Commander's signature over the challenge input for `Hello.nonce`.
+    pub proof: [u8; 64],
+}
+
+/// Sentry → commander: the sentry's signature over the challenge input.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Proof {
+    pub signature: [u8; 64],
+}
+
+/// Where a sentry stands with its commander.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum SentryStatus {
+    /// Heartbeats are not stored until an operator approves the sentry.
+    Pending,
+    Approved,
+}
+
+/// The end of a successful handshake.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Welcome {
+    /// Stable id the commander gave this sentry at enrollment.
+    pub sentry_id: u64,
+    pub status: SentryStatus,
+    /// Highest seq the commander holds for this sentry (0: none). The
+    /// sentry drops outbox entries at or below it and resends the rest.
+    pub last_seq: u64,
+    pub server_time_ms: u64,
+}
+
+/// Why a session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum RejectCode {
+    VersionMismatch,
+    Revoked,
+    EnrollTokenInvalid,
+    ProofInvalid,
+    WalletProofInvalid,
+    IdentityMismatch,
+    Malformed,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Reject {
+    pub code: RejectCode,
+    /// Human-readable: what was wrong and what to do.
+    pub message: String,
+}
+
+/// The sentry's status changed during the session (for example approved).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct StatusUpdate {
+    pub status: SentryStatus,
+}
+
+/// Every heartbeat up to and including `seq` is durably stored.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Ack {
+    pub seq: u64,
+}
+
+/// Why a heartbeat was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum NackReason {
+    /// seq at or below the last accepted one.
+    Replay,
+    BadSignature,
+    /// Signed for another node than the session's.
+    ForeignNode,
+    NotApproved,
+    Malformed,
+    /// Timestamp too far in the future.
+    ClockSkew,
+}
+
+impl NackReason {
+    /// Label value for metrics (`hashfleet_heartbeats_total{result=…}`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NackReason::Replay => "replay",
+            NackReason::BadSignature => "bad_sig",
+            NackReason::ForeignNode => "foreign",
+            NackReason::NotApproved => "not_approved",
+            NackReason::Malformed => "malformed",
+            NackReason::ClockSkew => "clock_skew",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Nack {
+    pub seq: u64,
+    pub reason: NackReason,
+    /// The commander's last accepted seq for this sentry.
+    pub last_seq: u64,
+}
+
+/// A heartbeat as sent: the encoded [`Heartbeat`] and the node key's
+/// signature over it, under the `heartbeat` domain tag. The commander
+/// verifies these exact bytes before decoding them.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct SignedHeartbeat {
+    pub payload: Vec<u8>,
+    pub signature: [u8; 64],
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    /// Strictly increasing; belongs to the sentry, survives restarts and
+    /// key rotations.
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub body: HeartbeatBody,
+}
+
+/// The devices a sentry reports. The host itself is one device.
+#[derive(Debug, Clone, PartialEq, Default, Encode, Decode)]
+pub struct HeartbeatBody {
+    pub devices: Vec<DeviceSnapshot>,
+}
+
+/// One device's state at one moment. New metrics are new map keys, so they
+/// need no new protocol version.
+#[derive(Debug, Clone, PartialEq, Default, Encode, Decode)]
+pub struct DeviceSnapshot {
+    /// Stable id: MAC or serial for an ASIC, UUID for a GPU, the sentry for
+    /// its host (the commander fills the sentry id in for `host`).
+    pub id: String,
+    /// `miner`, `gpu`, `host`, `container`, `powermeter`, `relay`, `runtime`.
+    pub kind: String,
+    pub make: String,
+    pub model: String,
+    pub firmware: String,
+    /// Normalized numbers in base units: `hashrate_hs`, `power_w`, …
+    pub metrics: BTreeMap<String, f64>,
+    /// Textual facts: `hostname`, `os`, …
+    pub labels: BTreeMap<String, String>,
+    pub alerts: Vec<DeviceAlert>,
+    /// The device's raw reply (JSON text), for debugging.
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum Severity {
+    Critical,
+    High,
+    Medium,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct DeviceAlert {
+    pub code: String,
+    pub severity: Severity,
+    pub message: String,
+}
