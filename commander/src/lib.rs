@@ -1,1 +1,37 @@
+//! `hashfleet-commander`: enrolls and verifies sentries over QUIC, stores
+//! their heartbeats durably in an embedded sled store, and serves the HTTP
+//! API.
+//!
+//! Layout:
+//! - [`app`]: start-up order, shared state, `run(config, shutdown)`;
+//! - [`config`]: `serve` settings (TOML + flags), validated before binding;
+//! - [`keys`]: the commander identity and the admin token in the data dir;
+//! - [`quic`]: the endpoint and one task per sentry session;
+//! - [`enroll`]: admitting a verified sentry (tokens, pending, revoked);
+//! - [`ingest`]: the group-commit writer that acknowledges after flush;
+//! - [`store`]: the `Store` trait, its records and the sled implementation;
+//! - [`convert`]: wire snapshot → store record;
+//! - [`sessions`]: live sessions and revoked keys;
+//! - [`http`]: the HTTP API and `/metrics`; [`metrics`]: counters;
+//! - [`demo`]: a commander and a sentry in one process for a first look;
+//! - [`info`]: the `info` subcommand.
 
+pub mod app;
+pub mod config;
+pub mod convert;
+pub mod demo;
+pub mod enroll;
+pub mod http;
+pub mod info;
+pub mod ingest;
+pub mod keys;
+pub mod metrics;
+pub mod quic;
+pub mod sessions;
+pub mod store;
+
+pub use app::{run, start, App, Running};
+pub use config::CommanderConfig;
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub use hashfleet_agent::cli::shutdown_signal;

@@ -1,1 +1,133 @@
-fn main() {}
+//! The `hashfleet-commander` binary: parse flags, start logging, call the
+//! library. Exit code 64 for bad configuration, 1 for failures at run time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hashfleet_commander::config::FileConfig;
+use hashfleet_commander::{demo, info, shutdown_signal};
+
+#[derive(Parser)]
+#[command(name = "hashfleet-commander", version, about = "Hashfleet commander: QUIC ingest, store and HTTP API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the commander.
+    Serve(ServeArgs),
+    /// Check a configuration without starting anything.
+    Validate(ServeArgs),
+    /// Print the commander's public key and node id.
+    Info {
+        #[arg(long, env = "HASHFLEET_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a demo: a commander with a fresh data directory and an enrolled sentry.
+    Demo {
+        /// HTTP address of the demo commander (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: SocketAddr,
+        /// Heartbeat interval of the demo sentry, in seconds.
+        #[arg(long, default_value_t = 2)]
+        interval_secs: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags and HASHFLEET_* variables override it.
+    #[arg(long, env = "HASHFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "HASHFLEET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// UDP address for sentries (QUIC).
+    #[arg(long, env = "HASHFLEET_QUIC_LISTEN")]
+    quic_listen: Option<SocketAddr>,
+    /// TCP address of the HTTP API.
+    #[arg(long, env = "HASHFLEET_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    fn load(self) -> anyhow::Result<hashfleet_commander::CommanderConfig> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = file.into_config(self.data_dir)?;
+        if let Some(a) = self.quic_listen {
+            config.quic_listen = a;
+        }
+        if let Some(a) = self.http_listen {
+            config.http_listen = a;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,sled=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => match args.load() {
+            Ok(config) => runtime.block_on(hashfleet_commander::run(config, shutdown_signal())),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(64);
+            }
+        },
+        Command::Validate(args) => match args.load() {
+            Ok(config) => {
+                println!("configuration is valid (data dir {})", config.data_dir.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(64);
+            }
+        },
+        Command::Info { data_dir, json } => info::info(&data_dir).map(|i| {
+            if json {
+                println!("{}", serde_json::to_string(&i).expect("serializes"));
+            } else {
+                println!("public_key: {}\nnode_id:    {}", i.public_key, i.node_id);
+            }
+        }),
+        Command::Demo {
+            http_listen,
+            interval_secs,
+        } => runtime.block_on(demo::run(http_listen, interval_secs, shutdown_signal())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -15,12 +15,14 @@
 //! - [`sign`]: domain tags and signing inputs.
 //! - [`handshake`], [`heartbeat`], [`enroll`]: pure protocol logic.
 //! - [`tls`]: rustls configurations with RFC 7250 raw public keys.
+//! - [`liveness`]: keep-alive, timeouts and reconnect backoff.
 
 pub mod codec;
 pub mod enroll;
 pub mod handshake;
 pub mod heartbeat;
 pub mod identity;
+pub mod liveness;
 pub mod node_id;
 pub mod node_key;
 pub mod secure_file;

@@ -1,1 +1,31 @@
+//! `hashfleet-agent`: the sentry runtime both sentries share.
+//!
+//! It owns the connect → enroll → challenge loop, the on-disk heartbeat
+//! outbox, failover across commanders and the runtime status. A sentry
+//! binary supplies a [`Collector`] (where snapshots come from) and an
+//! [`AgentConfig`], and calls [`Agent::run`].
+//!
+//! Layout:
+//! - [`cli`]: `run` flags, the common config file and `identity` subcommands;
+//! - [`config`]: the runtime's settings and the shared `[[commander]]` table;
+//! - [`outbox`]: unacknowledged heartbeats on disk, and the persisted seq;
+//! - [`endpoint`]: the QUIC client endpoint and transport settings;
+//! - [`framing`]: frames over quinn streams (the commander uses it too);
+//! - [`session`]: one authenticated session (also used by tests to send
+//!   hand-made frames);
+//! - [`runtime`]: the producer and connector tasks;
+//! - [`status`]: what the runtime reports about itself.
 
+pub mod cli;
+pub mod config;
+pub mod endpoint;
+pub mod framing;
+pub mod outbox;
+pub mod runtime;
+pub mod session;
+pub mod status;
+
+pub use config::{AgentConfig, CommanderTarget, ConfigError};
+pub use runtime::{Agent, Collector};
+pub use session::{Session, SessionError};
+pub use status::{AgentStatus, StatusHandle};

@@ -1,0 +1,137 @@
+//! The running commander: shared state, start-up order and shutdown.
+//!
+//! Start-up: validate config → data dir (0700) → identity → admin token →
+//! store → revoked keys → ingest writer → QUIC endpoint → HTTP listener.
+//! Shutdown: stop accepting, close sessions with a reason, drain the
+//! ingest queue into the store, flush.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hashfleet_shared::enroll::token_hash;
+use hashfleet_shared::{secure_file, Identity, NodeId};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::CommanderConfig;
+use crate::ingest::Ingest;
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::sessions::{RevokedKeys, Sessions};
+use crate::store::{SledStore, Store};
+use crate::{http, quic};
+
+/// State every part of the commander shares.
+pub struct App {
+    pub config: CommanderConfig,
+    pub identity: Identity,
+    pub store: Arc<dyn Store>,
+    pub sessions: Sessions,
+    pub revoked: RevokedKeys,
+    pub ingest: Ingest,
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 of the bootstrap admin token.
+    pub admin_token_hash: [u8; 32],
+}
+
+/// A started commander.
+pub struct Running {
+    pub app: Arc<App>,
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub node_id: NodeId,
+    pub admin_token: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    ingest_task: JoinHandle<()>,
+    endpoint: quinn::Endpoint,
+}
+
+/// Starts the commander; returns once both listeners are bound.
+pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    secure_file::ensure_private_dir(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let (identity, created) = keys::load_or_create_identity(&data_dir)?;
+    if created {
+        info!(node_id = %identity.node_id(), "created the commander identity");
+    }
+    // The admin token exists before the HTTP listener binds.
+    let admin_token = keys::load_or_create_admin_token(&data_dir)?;
+    let store_dir = data_dir.join("store");
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&store_dir).with_context(|| format!("opening the store in {}", store_dir.display()))?,
+    );
+    let revoked = RevokedKeys::default();
+    for key in store.revoked_keys()? {
+        revoked.insert(NodeId::from_public_key(key));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ingest, ingest_task) = Ingest::spawn(store.clone(), metrics.clone(), config.ingest_batch_max, stop_rx.clone());
+
+    let endpoint = quic::listener::bind(&identity.node, revoked.clone(), config.quic_listen)?;
+    let quic_addr = endpoint.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot bind HTTP on {}", config.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let node_id = identity.node_id();
+    let app = Arc::new(App {
+        config,
+        identity,
+        store,
+        sessions: Sessions::default(),
+        revoked,
+        ingest,
+        metrics,
+        admin_token_hash: token_hash(&admin_token),
+    });
+    let tasks = vec![
+        tokio::spawn(quic::listener::accept_loop(app.clone(), endpoint.clone(), stop_rx.clone())),
+        tokio::spawn(http::serve(app.clone(), http_listener, stop_rx)),
+    ];
+    info!(%quic_addr, %http_addr, %node_id, public_key = %node_id.public_key_hex(), "commander listening");
+    Ok(Running {
+        app,
+        quic_addr,
+        http_addr,
+        node_id,
+        admin_token,
+        stop: stop_tx,
+        tasks,
+        ingest_task,
+        endpoint,
+    })
+}
+
+impl Running {
+    /// Stops accepting, closes sessions, drains ingest and flushes.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        info!("commander shutting down");
+        let _ = self.stop.send(true);
+        self.endpoint.set_server_config(None);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.endpoint.close(crate::sessions::close::SHUTDOWN.into(), b"commander shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.ingest_task).await;
+        let store = self.app.store.clone();
+        tokio::task::spawn_blocking(move || store.flush()).await??;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        info!("commander stopped");
+        Ok(())
+    }
+}
+
+/// Runs the commander until `shutdown` resolves.
+pub async fn run(config: CommanderConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.shutdown().await
+}

@@ -1,0 +1,128 @@
+//! The commander's own counters, rendered in the Prometheus text format.
+//!
+//! Naming follows the Prometheus guide: `hashfleet_` prefix, `_total` on
+//! counters, base units (seconds), bounded label values only.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use hashfleet_shared::wire::NackReason;
+
+/// Results a heartbeat can have, as `result` label values.
+pub const HEARTBEAT_RESULTS: [&str; 8] = [
+    "ok",
+    "duplicate",
+    "bad_sig",
+    "replay",
+    "foreign",
+    "not_approved",
+    "malformed",
+    "clock_skew",
+];
+
+/// Results a handshake can have.
+pub const HANDSHAKE_RESULTS: [&str; 8] = [
+    "ok",
+    "tls_refused",
+    "rejected",
+    "bad_proof",
+    "timeout",
+    "protocol_error",
+    "store_error",
+    "replaced",
+];
+
+/// Bucket bounds (seconds) of the ingest commit histogram.
+const COMMIT_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    heartbeats: [AtomicU64; 8],
+    handshakes: [AtomicU64; 8],
+    connected: AtomicI64,
+    commit_buckets: [AtomicU64; 10],
+    commit_count: AtomicU64,
+    commit_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub fn heartbeat(&self, result: &str) {
+        self.heartbeats_n(result, 1);
+    }
+
+    pub fn heartbeats_n(&self, result: &str, n: u64) {
+        if let Some(i) = HEARTBEAT_RESULTS.iter().position(|r| *r == result) {
+            self.heartbeats[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn rejected(&self, reason: NackReason) {
+        self.heartbeat(reason.as_str());
+    }
+
+    pub fn heartbeats_of(&self, result: &str) -> u64 {
+        HEARTBEAT_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .map(|i| self.heartbeats[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    pub fn handshake(&self, result: &str) {
+        if let Some(i) = HANDSHAKE_RESULTS.iter().position(|r| *r == result) {
+            self.handshakes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn connected(&self, delta: i64) {
+        self.connected.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn commit(&self, seconds: f64) {
+        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.commit_count.fetch_add(1, Ordering::Relaxed);
+        self.commit_sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition of everything, plus the store size.
+    pub fn render(&self, store_bytes: u64, sentries: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP hashfleet_build_info Build of the running commander.");
+        let _ = writeln!(out, "# TYPE hashfleet_build_info gauge");
+        let _ = writeln!(out, "hashfleet_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out, "# HELP hashfleet_heartbeats_total Heartbeats received, by result.");
+        let _ = writeln!(out, "# TYPE hashfleet_heartbeats_total counter");
+        for (i, r) in HEARTBEAT_RESULTS.iter().enumerate() {
+            let _ = writeln!(out, "hashfleet_heartbeats_total{{result=\"{r}\"}} {}", self.heartbeats[i].load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "# HELP hashfleet_handshakes_total Session handshakes, by result.");
+        let _ = writeln!(out, "# TYPE hashfleet_handshakes_total counter");
+        for (i, r) in HANDSHAKE_RESULTS.iter().enumerate() {
+            let _ = writeln!(out, "hashfleet_handshakes_total{{result=\"{r}\"}} {}", self.handshakes[i].load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "# HELP hashfleet_connected_sentries Sentries with a live session.");
+        let _ = writeln!(out, "# TYPE hashfleet_connected_sentries gauge");
+        let _ = writeln!(out, "hashfleet_connected_sentries {}", self.connected.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP hashfleet_sentries Sentries known to this commander.");
+        let _ = writeln!(out, "# TYPE hashfleet_sentries gauge");
+        let _ = writeln!(out, "hashfleet_sentries {sentries}");
+        let _ = writeln!(out, "# HELP hashfleet_ingest_commit_seconds Time to store and flush one batch of heartbeats.");
+        let _ = writeln!(out, "# TYPE hashfleet_ingest_commit_seconds histogram");
+        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "hashfleet_ingest_commit_seconds_bucket{{le=\"{bound}\"}} {}", self.commit_buckets[i].load(Ordering::Relaxed));
+        }
+        let count = self.commit_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "hashfleet_ingest_commit_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "hashfleet_ingest_commit_seconds_sum {}", self.commit_sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "hashfleet_ingest_commit_seconds_count {count}");
+        let _ = writeln!(out, "# HELP hashfleet_store_size_bytes Bytes the store occupies on disk.");
+        let _ = writeln!(out, "# TYPE hashfleet_store_size_bytes gauge");
+        let _ = writeln!(out, "hashfleet_store_size_bytes {store_bytes}");
+        out
+    }
+}

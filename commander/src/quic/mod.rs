@@ -1,0 +1,5 @@
+//! The commander's QUIC side: the listening endpoint ([`listener`]) and one
+//! task per connection ([`session`]).
+
+pub mod listener;
+pub mod session;

@@ -1,0 +1,351 @@
+//! One sentry connection on the commander: TLS, the v1 handshake, then the
+//! heartbeat loop.
+//!
+//! The reader verifies each heartbeat (signature, node binding, strict seq)
+//! and submits it to the ingest writer, which acknowledges it once stored.
+//! A writer task sends what the session has to say (challenges, status
+//! changes, nacks) and the latest acknowledged seq.
+
+use std::sync::Arc;
+
+use hashfleet_agent::framing::{FramedRecv, FramedSend, FramingError};
+use hashfleet_agent::session::peer_node;
+use hashfleet_shared::handshake::{check_proof, make_challenge, CommanderHandshake};
+use hashfleet_shared::heartbeat;
+use hashfleet_shared::liveness::HANDSHAKE_TIMEOUT;
+use hashfleet_shared::wire::{
+    Ack, CommanderMessage, Hello, Nack, NackReason, Reject, RejectCode, SentryMessage,
+    SentryStatus, SignedHeartbeat, StatusUpdate, Welcome, EXPORTER_LABEL,
+};
+use hashfleet_shared::{codec, now_ms, random_bytes, NodeId};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::app::App;
+use crate::convert::heartbeat_record;
+use crate::enroll::{self, Admitted};
+use crate::ingest::IngestItem;
+use crate::sessions::{close, Control};
+
+/// Messages a session may queue for its writer before the reader waits.
+const OUTBOUND: usize = 64;
+
+/// Serves one incoming connection to its end.
+pub async fn serve(app: Arc<App>, incoming: quinn::Incoming, stop: watch::Receiver<bool>) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            app.metrics.handshake("tls_refused");
+            debug!(%remote, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            app.metrics.handshake("timeout");
+            return;
+        }
+    };
+    let established = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&app, &conn)).await;
+    let est = match established {
+        Ok(Ok(est)) => est,
+        Ok(Err(fail)) => {
+            app.metrics.handshake(fail.metric);
+            if let Some((mut tx, reject)) = fail.reject {
+                info!(%remote, code = ?reject.code, "session refused: {}", reject.message);
+                let _ = tx.send(&CommanderMessage::Reject(reject.clone())).await;
+                tx.finish();
+                conn.close(close::REJECTED.into(), reject.message.as_bytes());
+            } else {
+                debug!(%remote, "handshake failed: {}", fail.reason);
+                conn.close(close::PROTOCOL.into(), fail.reason.as_bytes());
+            }
+            return;
+        }
+        Err(_) => {
+            app.metrics.handshake("timeout");
+            conn.close(close::PROTOCOL.into(), b"handshake timed out");
+            return;
+        }
+    };
+    app.metrics.handshake("ok");
+    app.metrics.connected(1);
+    let node = est.peer;
+    let (control_tx, control_rx) = mpsc::channel(8);
+    let registration = app.sessions.register(node, conn.clone(), control_tx);
+    let sentry_id = est.admitted.record.sentry_id;
+    info!(%remote, %node, sentry_id = format!("{sentry_id:016x}"), status = ?est.admitted.status, "session established");
+    let end = run(&app, &conn, est, control_rx, stop).await;
+    app.sessions.remove(&node, registration);
+    app.metrics.connected(-1);
+    match end {
+        Ok(()) => debug!(%node, "session ended"),
+        Err(reason) => info!(%node, "session ended: {reason}"),
+    }
+}
+
+struct Established {
+    peer: NodeId,
+    exporter: [u8; 32],
+    hello: Hello,
+    admitted: Admitted,
+    tx: FramedSend,
+    rx: FramedRecv<SentryMessage>,
+}
+
+struct Failure {
+    metric: &'static str,
+    reason: String,
+    /// When set, the sentry is told why before the connection closes.
+    reject: Option<(FramedSend, Reject)>,
+}
+
+impl Failure {
+    fn plain(metric: &'static str, reason: impl Into<String>) -> Self {
+        Failure {
+            metric,
+            reason: reason.into(),
+            reject: None,
+        }
+    }
+}
+
+async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Established, Failure> {
+    let peer = peer_node(conn).ok_or_else(|| Failure::plain("protocol_error", "no raw public key"))?;
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .map_err(|_| Failure::plain("protocol_error", "TLS exporter unavailable"))?;
+    let (send, recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| Failure::plain("protocol_error", e.to_string()))?;
+    let mut tx = FramedSend::new(send);
+    let mut rx = FramedRecv::<SentryMessage>::new(recv);
+    let hello = match rx.recv().await {
+        Ok(SentryMessage::Hello(h)) => h,
+        Ok(_) => return Err(Failure::plain("protocol_error", "first message is not Hello")),
+        Err(e) => return Err(Failure::plain("protocol_error", e.to_string())),
+    };
+    let (pending, challenge) =
+        match CommanderHandshake::on_hello(hello, &peer, exporter, &app.identity.node, random_bytes()) {
+            Ok(v) => v,
+            Err(reject) => {
+                return Err(Failure {
+                    metric: "rejected",
+                    reason: reject.message.clone(),
+                    reject: Some((tx, reject)),
+                })
+            }
+        };
+    tx.send(&CommanderMessage::Challenge(challenge))
+        .await
+        .map_err(|e| Failure::plain("protocol_error", e.to_string()))?;
+    let proof = match rx.recv().await {
+        Ok(SentryMessage::Proof(p)) => p,
+        Ok(_) => return Err(Failure::plain("protocol_error", "expected Proof")),
+        Err(e) => return Err(Failure::plain("protocol_error", e.to_string())),
+    };
+    let hello = match pending.on_proof(&proof) {
+        Ok(h) => h,
+        Err(reject) => {
+            return Err(Failure {
+                metric: "bad_proof",
+                reason: reject.message.clone(),
+                reject: Some((tx, reject)),
+            })
+        }
+    };
+    let store = app.store.clone();
+    let hello2 = hello.clone();
+    let admitted = tokio::task::spawn_blocking(move || enroll::admit(store.as_ref(), &hello2, now_ms()))
+        .await
+        .map_err(|e| Failure::plain("store_error", e.to_string()))?;
+    let admitted = match admitted {
+        Ok(Ok(a)) => a,
+        Ok(Err(reject)) => {
+            if reject.code == RejectCode::Revoked {
+                app.revoked.insert(peer);
+            }
+            return Err(Failure {
+                metric: "rejected",
+                reason: reject.message.clone(),
+                reject: Some((tx, reject)),
+            });
+        }
+        Err(e) => {
+            let reject = Reject {
+                code: RejectCode::Unavailable,
+                message: format!("the commander cannot read its store ({e}); try again later"),
+            };
+            return Err(Failure {
+                metric: "store_error",
+                reason: e.to_string(),
+                reject: Some((tx, reject)),
+            });
+        }
+    };
+    Ok(Established {
+        peer,
+        exporter,
+        hello,
+        admitted,
+        tx,
+        rx,
+    })
+}
+
+/// The heartbeat loop of an established session.
+async fn run(
+    app: &Arc<App>,
+    conn: &quinn::Connection,
+    est: Established,
+    mut control: mpsc::Receiver<Control>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let Established {
+        peer,
+        exporter,
+        hello,
+        admitted,
+        mut tx,
+        mut rx,
+    } = est;
+    let sentry_id = admitted.record.sentry_id;
+    let mut approved = admitted.status == SentryStatus::Approved;
+    let progress = app.store.progress(sentry_id).map_err(|e| e.to_string())?;
+    let mut last_seq = progress.last_seq;
+    tx.send(&CommanderMessage::Welcome(Welcome {
+        sentry_id,
+        status: admitted.status,
+        last_seq,
+        server_time_ms: now_ms(),
+    }))
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let (acked_tx, acked_rx) = watch::channel(last_seq);
+    let acked_tx = Arc::new(acked_tx);
+    let (out_tx, out_rx) = mpsc::channel::<CommanderMessage>(OUTBOUND);
+    let writer = tokio::spawn(write_loop(tx, out_rx, acked_rx));
+
+    let mut rechallenge = tokio::time::interval(app.config.rechallenge);
+    rechallenge.reset();
+    let mut outstanding: Option<[u8; 32]> = None;
+
+    let result: Result<(), String> = loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(FramingError::Closed(reason)) => break Err(format!("sentry closed: {reason}")),
+                    Err(e) => break Err(e.to_string()),
+                };
+                match msg {
+                    SentryMessage::Heartbeat(signed) => {
+                        if !approved {
+                            app.metrics.rejected(NackReason::NotApproved);
+                            let nack = nack(&signed, NackReason::NotApproved, last_seq);
+                            if out_tx.send(nack).await.is_err() { break Err("writer stopped".into()); }
+                            continue;
+                        }
+                        match heartbeat::open(&peer, &signed, last_seq, now_ms()) {
+                            Ok(hb) => {
+                                last_seq = hb.seq;
+                                let record = heartbeat_record(hb, sentry_id, now_ms());
+                                let item = IngestItem { sentry_id, record, acked: acked_tx.clone() };
+                                if app.ingest.submit(item).await.is_err() {
+                                    break Err("commander shutting down".into());
+                                }
+                            }
+                            Err(reason) => {
+                                app.metrics.rejected(reason);
+                                debug!(%peer, reason = reason.as_str(), "heartbeat refused");
+                                if out_tx.send(nack(&signed, reason, last_seq)).await.is_err() {
+                                    break Err("writer stopped".into());
+                                }
+                            }
+                        }
+                    }
+                    SentryMessage::Proof(proof) => {
+                        let Some(nonce) = outstanding.take() else {
+                            break Err("a Proof nobody asked for".into());
+                        };
+                        if let Err(reject) = check_proof(&peer, &nonce, &exporter, &proof) {
+                            warn!(%peer, "re-challenge failed: {}", reject.message);
+                            let _ = out_tx.send(CommanderMessage::Reject(reject)).await;
+                            conn.close(close::REJECTED.into(), b"challenge proof invalid");
+                            break Err("re-challenge proof invalid".into());
+                        }
+                    }
+                    SentryMessage::Hello(_) => break Err("a second Hello".into()),
+                }
+            }
+            c = control.recv() => match c {
+                Some(Control::Approved) => {
+                    approved = true;
+                    let _ = out_tx.send(CommanderMessage::StatusUpdate(StatusUpdate { status: SentryStatus::Approved })).await;
+                }
+                Some(Control::Revoked) | None => {
+                    let _ = out_tx.send(CommanderMessage::Reject(Reject {
+                        code: RejectCode::Revoked,
+                        message: "this sentry was revoked by an operator".into(),
+                    })).await;
+                    conn.close(close::REVOKED.into(), b"this sentry was revoked by an operator");
+                    break Err("revoked".into());
+                }
+            },
+            _ = rechallenge.tick() => {
+                if outstanding.is_some() {
+                    conn.close(close::REJECTED.into(), b"challenge not answered");
+                    break Err("challenge not answered in time".into());
+                }
+                let nonce = random_bytes();
+                let challenge = make_challenge(&app.identity.node, &hello.nonce, &exporter, &peer, nonce);
+                outstanding = Some(nonce);
+                if out_tx.send(CommanderMessage::Challenge(challenge)).await.is_err() {
+                    break Err("writer stopped".into());
+                }
+            }
+            _ = hashfleet_agent::runtime::until_stopped(&mut stop) => {
+                conn.close(close::SHUTDOWN.into(), b"commander shutting down");
+                break Ok(());
+            }
+        }
+    };
+    drop(out_tx);
+    writer.abort();
+    result
+}
+
+/// A Nack for a refused heartbeat, naming its seq when it can be read.
+fn nack(signed: &SignedHeartbeat, reason: NackReason, last_seq: u64) -> CommanderMessage {
+    let seq = codec::decode::<hashfleet_shared::wire::Heartbeat>(&signed.payload)
+        .map(|h| h.seq)
+        .unwrap_or(0);
+    CommanderMessage::Nack(Nack {
+        seq,
+        reason,
+        last_seq,
+    })
+}
+
+async fn write_loop(
+    mut tx: FramedSend,
+    mut out: mpsc::Receiver<CommanderMessage>,
+    mut acked: watch::Receiver<u64>,
+) {
+    loop {
+        let msg = tokio::select! {
+            changed = acked.changed() => match changed {
+                Ok(()) => CommanderMessage::Ack(Ack { seq: *acked.borrow_and_update() }),
+                Err(_) => return,
+            },
+            m = out.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        if tx.send(&msg).await.is_err() {
+            return;
+        }
+    }
+}

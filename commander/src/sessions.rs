@@ -1,0 +1,115 @@
+//! Live sessions by node key, and the set of revoked keys.
+//!
+//! A new session of a node replaces its old one (the old connection is
+//! closed). HTTP handlers reach a live session through here to tell it of
+//! an approval, or to close it on revocation.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use hashfleet_shared::tls::ClientKeyPolicy;
+use hashfleet_shared::NodeId;
+use tokio::sync::mpsc;
+
+/// What the rest of the commander can tell a live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Approved,
+    Revoked,
+}
+
+/// Application close codes on QUIC connections.
+pub mod close {
+    pub const NORMAL: u32 = 0;
+    pub const REPLACED: u32 = 1;
+    pub const REVOKED: u32 = 2;
+    pub const REJECTED: u32 = 3;
+    pub const PROTOCOL: u32 = 4;
+    pub const SHUTDOWN: u32 = 5;
+}
+
+struct Entry {
+    id: u64,
+    conn: quinn::Connection,
+    control: mpsc::Sender<Control>,
+}
+
+/// The registry of live sessions.
+#[derive(Default)]
+pub struct Sessions {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<NodeId, Entry>>,
+}
+
+impl Sessions {
+    /// Registers a session, closing any older one of the same node.
+    /// Returns the registration id to pass to [`Sessions::remove`].
+    pub fn register(&self, node: NodeId, conn: quinn::Connection, control: mpsc::Sender<Control>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let old = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, Entry { id, conn, control });
+        if let Some(old) = old {
+            old.conn
+                .close(close::REPLACED.into(), b"replaced by a newer session of this node");
+        }
+        id
+    }
+
+    pub fn remove(&self, node: &NodeId, id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.get(node).is_some_and(|e| e.id == id) {
+            live.remove(node);
+        }
+    }
+
+    pub fn is_connected(&self, node: &NodeId) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(node)
+    }
+
+    /// Tells a live session something; false when the node is not connected.
+    pub fn tell(&self, node: &NodeId, control: Control) -> bool {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match live.get(node) {
+            Some(e) => e.control.try_send(control).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Closes a node's live session at once.
+    pub fn close(&self, node: &NodeId, code: u32, reason: &str) {
+        if let Some(e) = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(node) {
+            e.conn.close(code.into(), reason.as_bytes());
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Revoked node keys, refused at TLS. Loaded from the store at start.
+#[derive(Debug, Default, Clone)]
+pub struct RevokedKeys(Arc<RwLock<HashSet<NodeId>>>);
+
+impl RevokedKeys {
+    pub fn insert(&self, node: NodeId) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(node);
+    }
+
+    pub fn contains(&self, node: &NodeId) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(node)
+    }
+}
+
+impl ClientKeyPolicy for RevokedKeys {
+    fn allow(&self, node: &NodeId) -> bool {
+        !self.contains(node)
+    }
+}

@@ -1,0 +1,131 @@
+//! What the store keeps. These types are the store's own: wire messages and
+//! HTTP DTOs are converted at the boundary, never written as they are.
+//!
+//! Every value is `schema version (u8) ‖ bincode(record)`, so a later
+//! release can tell old records apart and migrate them.
+
+use std::collections::BTreeMap;
+
+use bincode::{Decode, Encode};
+
+use super::StoreError;
+
+/// Schema version of every record type in this release.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// Lifecycle of a sentry on this commander.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum SentryState {
+    Pending,
+    Approved,
+    /// Refused for good: at TLS and in the handshake, also after restarts.
+    Revoked,
+}
+
+impl SentryState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SentryState::Pending => "pending",
+            SentryState::Approved => "approved",
+            SentryState::Revoked => "revoked",
+        }
+    }
+}
+
+/// A sentry as enrolled. Written rarely (enrollment, approval, revocation).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct SentryRecord {
+    pub sentry_id: u64,
+    /// Current node key.
+    pub node_key: [u8; 32],
+    /// Earlier node keys, oldest first (rotation keeps the chain).
+    pub previous_node_keys: Vec<[u8; 32]>,
+    pub wallet_address: [u8; 20],
+    pub kind: String,
+    pub agent_version: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: SentryState,
+    pub created_ms: u64,
+    pub state_changed_ms: u64,
+}
+
+/// Ingest progress of a sentry. Written with every batch of heartbeats,
+/// in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct ProgressRecord {
+    /// Highest stored seq (0: none).
+    pub last_seq: u64,
+    /// Heartbeats accepted and stored, ever.
+    pub heartbeats: u64,
+    pub last_seen_ms: u64,
+}
+
+/// An enrollment token, keyed by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TokenRecord {
+    pub uses_left: u32,
+    pub expires_ms: u64,
+    pub created_ms: u64,
+}
+
+/// One stored heartbeat.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct HeartbeatRecord {
+    pub seq: u64,
+    /// The sentry's timestamp.
+    pub ts_ms: u64,
+    /// When the commander received it.
+    pub received_ms: u64,
+    pub devices: Vec<DeviceRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub kind: String,
+    pub make: String,
+    pub model: String,
+    pub firmware: String,
+    pub metrics: BTreeMap<String, f64>,
+    pub labels: BTreeMap<String, String>,
+    pub alerts: Vec<AlertRecord>,
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct AlertRecord {
+    pub code: String,
+    /// `critical`, `high` or `medium`.
+    pub severity: String,
+    pub message: String,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// `version ‖ bincode(record)`.
+pub fn encode<T: Encode>(record: &T) -> Vec<u8> {
+    let mut out = vec![SCHEMA_VERSION];
+    bincode::encode_into_std_write(record, &mut out, config()).expect("encoding to a Vec cannot fail");
+    out
+}
+
+pub fn decode<T: Decode<()>>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&SCHEMA_VERSION, rest)) => bincode::decode_from_slice(rest, config())
+            .map(|(r, _)| r)
+            .map_err(|e| StoreError::Corrupt {
+                tree,
+                reason: e.to_string(),
+            }),
+        Some((v, _)) => Err(StoreError::Corrupt {
+            tree,
+            reason: format!("record schema version {v}; this release reads version {SCHEMA_VERSION}: upgrade the commander"),
+        }),
+        None => Err(StoreError::Corrupt {
+            tree,
+            reason: "empty record".into(),
+        }),
+    }
+}

@@ -1,0 +1,167 @@
+//! Command-line pieces both sentries share: `run` flags, the common part of
+//! the config file, and the `identity` subcommands.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use hashfleet_shared::wire::SentryKind;
+use hashfleet_shared::Identity;
+use serde::Deserialize;
+
+use crate::config::{targets_from_flags, AgentConfig, CommanderEntry};
+
+/// No sentry config file is anywhere near this large.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Flags of `run` and `validate`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML config file; flags override it.
+    #[arg(long, env = "HASHFLEET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding identity.json, the outbox and the seq.
+    #[arg(long, env = "HASHFLEET_HOME")]
+    pub home: Option<PathBuf>,
+    /// Commander HOST:PORT; repeat for failover, primary first.
+    #[arg(long = "commander")]
+    pub commanders: Vec<String>,
+    /// Pinned commander public key (hex); the Nth pins the Nth --commander.
+    #[arg(long = "commander-key")]
+    pub commander_keys: Vec<String>,
+    /// Enrollment token; the Nth is for the Nth --commander.
+    #[arg(long = "enroll-token")]
+    pub enroll_tokens: Vec<String>,
+    /// Seconds between heartbeats.
+    #[arg(long)]
+    pub interval_secs: Option<u64>,
+}
+
+/// The config-file settings every sentry has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonFile {
+    pub home: Option<PathBuf>,
+    pub interval_secs: Option<u64>,
+    pub site: Option<String>,
+    pub rack: Option<String>,
+    #[serde(default)]
+    pub commander: Vec<CommanderEntry>,
+}
+
+/// Reads a TOML file into `T` with a size bound and a clear error.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        anyhow::bail!("config {} is {} bytes; a config file is at most 1 MiB", path.display(), meta.len());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+}
+
+/// Merges the file and the flags into the runtime config. Flags win: any
+/// `--commander` replaces the file's `[[commander]]` list.
+pub fn agent_config(
+    file: CommonFile,
+    args: &RunArgs,
+    kind: SentryKind,
+    default_home: &str,
+) -> anyhow::Result<AgentConfig> {
+    let home = args
+        .home
+        .clone()
+        .or(file.home)
+        .unwrap_or_else(|| PathBuf::from(default_home));
+    let commanders = if args.commanders.is_empty() {
+        if !args.commander_keys.is_empty() || !args.enroll_tokens.is_empty() {
+            anyhow::bail!("--commander-key and --enroll-token need --commander");
+        }
+        file.commander
+            .iter()
+            .map(CommanderEntry::to_target)
+            .collect::<Result<_, _>>()?
+    } else {
+        targets_from_flags(&args.commanders, &args.commander_keys, &args.enroll_tokens)?
+    };
+    let mut config = AgentConfig::new(home, commanders, kind);
+    if let Some(secs) = args.interval_secs.or(file.interval_secs) {
+        config.interval = Duration::from_secs(secs);
+    }
+    let mut labels = BTreeMap::new();
+    if let Some(site) = file.site {
+        labels.insert("site".to_string(), site);
+    }
+    if let Some(rack) = file.rack {
+        labels.insert("rack".to_string(), rack);
+    }
+    config.labels = labels;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `identity init|show`.
+#[derive(Debug, clap::Subcommand)]
+pub enum IdentityCommand {
+    /// Create the identity if absent; print the node_id.
+    Init {
+        #[arg(long, env = "HASHFLEET_HOME")]
+        home: PathBuf,
+    },
+    /// Print the public identity (never a private key).
+    Show {
+        #[arg(long, env = "HASHFLEET_HOME")]
+        home: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn identity_command(cmd: IdentityCommand) -> anyhow::Result<()> {
+    match cmd {
+        IdentityCommand::Init { home } => {
+            let (identity, _) = Identity::load_or_create(&home)?;
+            println!("{}", identity.node_id());
+        }
+        IdentityCommand::Show { home, json } => {
+            let identity = Identity::load(&Identity::path_in(&home))?;
+            let public = identity.public();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&public)?);
+            } else {
+                println!("node_id:           {}", public.node_id);
+                println!("node_public_key:   {}", public.node_public_key);
+                println!("wallet_address:    {}", public.wallet_address);
+                println!("wallet_public_key: {}", public.wallet_public_key);
+                println!("created_at:        {}", public.created_at);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts tracing to stderr (journald picks it up), `RUST_LOG` to tune.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The sentry runtime: produce heartbeats on an interval, keep a session
+//! with a commander (failing over in order), send what the outbox holds and
+//! forget what the commander acknowledges.
+//!
+//! Two tasks share the outbox:
+//! - the **producer** collects a snapshot every interval, signs it with the
+//!   next seq and persists it (connected or not, so an outage loses nothing);
+//! - the **connector** establishes sessions with jittered backoff and drives
+//!   each one: resend from the commander's last seq, stream new entries,
+//!   answer challenges, and give up on a session that leaves heartbeats
+//!   unacknowledged for three intervals.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use hashfleet_shared::codec;
+use hashfleet_shared::handshake::HelloParams;
+use hashfleet_shared::heartbeat;
+use hashfleet_shared::liveness::{self, Backoff, HANDSHAKE_TIMEOUT};
+use hashfleet_shared::wire::{
+    CommanderMessage, Heartbeat, HeartbeatBody, SentryMessage, SentryStatus,
+};
+use hashfleet_shared::{now_ms, Identity};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{AgentConfig, CommanderTarget};
+use crate::endpoint;
+use crate::outbox::Outbox;
+use crate::session::{Session, SessionError};
+use crate::status::StatusHandle;
+
+/// Outbox entries sent per turn of the session loop before it checks for
+/// acknowledgements again.
+const SEND_CHUNK: usize = 256;
+
+/// Where a sentry's snapshots come from.
+pub trait Collector: Send + 'static {
+    /// One snapshot of every device this sentry watches. Failures are
+    /// reported inside the snapshot (as device alerts), never as a missing
+    /// heartbeat.
+    fn collect(&mut self) -> impl Future<Output = HeartbeatBody> + Send;
+}
+
+/// A sentry runtime, ready to run.
+pub struct Agent<C> {
+    config: AgentConfig,
+    identity: Arc<Identity>,
+    outbox: Arc<Mutex<Outbox>>,
+    collector: C,
+    status: StatusHandle,
+}
+
+impl<C: Collector> Agent<C> {
+    /// Validates the config, loads (or creates) the identity and opens the
+    /// outbox. Nothing touches the network yet.
+    pub fn new(config: AgentConfig, collector: C) -> anyhow::Result<Self> {
+        config.validate()?;
+        let (identity, created) = Identity::load_or_create(&config.home)?;
+        if created {
+            info!(node_id = %identity.node_id(), home = %config.home.display(), "created a new identity");
+        }
+        let outbox = Outbox::open(&config.home, config.outbox_max)?;
+        let status = StatusHandle::default();
+        status.update(|s| {
+            s.node_id = identity.node_id().to_string();
+            s.wallet_address = identity.wallet.address().to_string();
+            s.last_seq = outbox.last_assigned();
+            s.outbox_len = outbox.len();
+        });
+        Ok(Agent {
+            config,
+            identity: Arc::new(identity),
+            outbox: Arc::new(Mutex::new(outbox)),
+            collector,
+            status,
+        })
+    }
+
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        info!(
+            node_id = %self.identity.node_id(),
+            wallet = %self.identity.wallet.address(),
+            commanders = self.config.commanders.len(),
+            interval_ms = self.config.interval.as_millis() as u64,
+            "sentry starting"
+        );
+        let notify = Arc::new(Notify::new());
+        let producer = Producer {
+            identity: self.identity.clone(),
+            outbox: self.outbox.clone(),
+            notify: notify.clone(),
+            status: self.status.clone(),
+        };
+        let producer_task = tokio::spawn(producer.run(self.collector, self.config.interval, stop_rx.clone()));
+        let connector = Connector {
+            config: self.config,
+            identity: self.identity,
+            outbox: self.outbox,
+            notify,
+            status: self.status,
+        };
+        let result = connector.run(stop_rx).await;
+        let _ = producer_task.await;
+        result
+    }
+}
+
+struct Producer {
+    identity: Arc<Identity>,
+    outbox: Arc<Mutex<Outbox>>,
+    notify: Arc<Notify>,
+    status: StatusHandle,
+}
+
+impl Producer {
+    async fn run<C: Collector>(self, mut collector: C, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = until_stopped(&mut stop) => return,
+            }
+            let body = tokio::select! {
+                body = collector.collect() => body,
+                _ = until_stopped(&mut stop) => return,
+            };
+            if let Err(e) = self.produce(body) {
+                // Without a persisted seq we must not send anything.
+                error!("cannot persist heartbeat: {e:#}");
+                self.status.update(|s| s.last_error = Some(format!("{e:#}")));
+            }
+        }
+    }
+
+    fn produce(&self, body: HeartbeatBody) -> anyhow::Result<()> {
+        let mut outbox = self.outbox.lock().map_err(|_| anyhow::anyhow!("outbox lock poisoned"))?;
+        let seq = outbox.next_seq();
+        let hb = Heartbeat {
+            node_id: self.identity.node_id(),
+            seq,
+            ts_ms: now_ms(),
+            body,
+        };
+        let signed = heartbeat::seal(&self.identity.node, &hb).context("encoding heartbeat")?;
+        let bytes = codec::encode(&SentryMessage::Heartbeat(signed)).context("encoding heartbeat")?;
+        outbox.push(seq, bytes)?;
+        let (len, dropped) = (outbox.len(), outbox.dropped());
+        drop(outbox);
+        self.status.update(|s| {
+            s.last_heartbeat_at = Some(hb.ts_ms);
+            s.last_seq = seq;
+            s.outbox_len = len;
+            s.outbox_dropped = dropped;
+        });
+        self.notify.notify_one();
+        Ok(())
+    }
+}
+
+struct Connector {
+    config: AgentConfig,
+    identity: Arc<Identity>,
+    outbox: Arc<Mutex<Outbox>>,
+    notify: Arc<Notify>,
+    status: StatusHandle,
+}
+
+/// How a session ended.
+enum End {
+    Shutdown,
+    Failed(SessionError),
+}
+
+impl Connector {
+    async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        let mut index = 0usize;
+        let mut endpoints: Vec<Option<quinn::Endpoint>> = vec![None; self.config.commanders.len()];
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let target = &self.config.commanders[index];
+            let attempt = self.attempt(target, &mut endpoints[index]);
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt) => r.unwrap_or(Err(SessionError::Timeout("handshake"))),
+                _ = until_stopped(&mut stop) => break,
+            };
+            let error = match outcome {
+                Ok(session) => {
+                    backoff.reset();
+                    match self.drive(session, &mut stop).await {
+                        End::Shutdown => break,
+                        End::Failed(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            let failures = backoff.attempts() + 1;
+            if error.is_permanent() {
+                error!(commander = %target.addr, "{error}");
+            } else {
+                warn!(commander = %target.addr, "{error}");
+            }
+            self.status.update(|s| {
+                s.connected = false;
+                s.consecutive_failures = failures;
+                s.last_error = Some(error.to_string());
+            });
+            // Fail over to the next commander in order.
+            index = (index + 1) % self.config.commanders.len();
+            let wait = backoff.next_with(fastrand::f64());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = until_stopped(&mut stop) => break,
+            }
+        }
+        for ep in endpoints.into_iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        info!("sentry stopped");
+        Ok(())
+    }
+
+    async fn attempt(
+        &self,
+        target: &CommanderTarget,
+        endpoint: &mut Option<quinn::Endpoint>,
+    ) -> Result<Session, SessionError> {
+        let addr = tokio::net::lookup_host(&target.addr)
+            .await
+            .map_err(|e| SessionError::Lost(format!("cannot resolve {}: {e}", target.addr)))?
+            .next()
+            .ok_or_else(|| SessionError::Lost(format!("{} resolves to no address", target.addr)))?;
+        if endpoint.is_none() {
+            *endpoint = Some(endpoint::client_endpoint(addr).map_err(|e| SessionError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?);
+        }
+        let ep = endpoint.as_ref().expect("set above");
+        let hello = HelloParams {
+            kind: self.config.kind,
+            agent_version: self.config.agent_version.clone(),
+            enroll_token: target.enroll_token.clone(),
+            labels: self.config.labels.clone(),
+        };
+        self.status.update(|s| s.commander = Some(target.addr.clone()));
+        Session::establish(ep, &self.identity, addr, &target.keys, hello).await
+    }
+
+    fn with_outbox<T>(&self, f: impl FnOnce(&mut Outbox) -> T) -> T {
+        let mut guard = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    async fn drive(&self, session: Session, stop: &mut watch::Receiver<bool>) -> End {
+        let Session {
+            conn,
+            mut tx,
+            mut rx,
+            prover,
+            welcome,
+            addr,
+            ..
+        } = session;
+        let mut approved = welcome.status == SentryStatus::Approved;
+        info!(
+            commander = %addr,
+            sentry_id = format!("{:016x}", welcome.sentry_id),
+            status = ?welcome.status,
+            commander_last_seq = welcome.last_seq,
+            "session established"
+        );
+        if !approved {
+            warn!("this sentry is pending approval on the commander: heartbeats are kept in the outbox until an operator approves it");
+        }
+        if let Err(e) = self.with_outbox(|o| o.ack(welcome.last_seq)) {
+            return End::Failed(SessionError::Lost(format!("outbox: {e}")));
+        }
+        self.status.update(|s| {
+            s.connected = true;
+            s.approved = approved;
+            s.sentry_id = Some(format!("{:016x}", welcome.sentry_id));
+            s.consecutive_failures = 0;
+            s.last_ack_seq = s.last_ack_seq.max(welcome.last_seq);
+        });
+        let deadline = liveness::ack_deadline(self.config.interval);
+        let mut sent_upto = welcome.last_seq;
+        // When the oldest heartbeat still awaiting an ack was sent.
+        let mut waiting_since: Option<Instant> = None;
+        let end = loop {
+            if approved {
+                let batch = self.with_outbox(|o| {
+                    o.pending_after(sent_upto)
+                        .into_iter()
+                        .take(SEND_CHUNK)
+                        .filter_map(|seq| o.load(seq).ok().flatten().map(|b| (seq, b)))
+                        .collect::<Vec<_>>()
+                });
+                let more = batch.len() == SEND_CHUNK;
+                let mut send_error = None;
+                for (seq, bytes) in batch {
+                    if let Err(e) = tx.send_body(&bytes).await.map_err(SessionError::from) {
+                        send_error = Some(e);
+                        break;
+                    }
+                    sent_upto = seq;
+                    waiting_since.get_or_insert_with(Instant::now);
+                }
+                if let Some(e) = send_error {
+                    break End::Failed(e);
+                }
+                if more {
+                    self.notify.notify_one();
+                }
+            }
+            let ack_timer = async {
+                match waiting_since {
+                    Some(since) => tokio::time::sleep_until(since + deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                msg = rx.recv() => {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => break End::Failed(e.into()),
+                    };
+                    match msg {
+                        CommanderMessage::Ack(ack) => {
+                            let (len, pending) = match self.with_outbox(|o| o.ack(ack.seq).map(|_| (o.len(), o.pending_after(ack.seq).first().copied()))) {
+                                Ok(v) => v,
+                                Err(e) => break End::Failed(SessionError::Lost(format!("outbox: {e}"))),
+                            };
+                            debug!(seq = ack.seq, "ack");
+                            waiting_since = match pending {
+                                Some(next) if next <= sent_upto => Some(Instant::now()),
+                                _ => None,
+                            };
+                            self.status.update(|s| {
+                                s.last_ack_seq = s.last_ack_seq.max(ack.seq);
+                                s.last_ack_at = Some(now_ms());
+                                s.outbox_len = len;
+                            });
+                        }
+                        CommanderMessage::Nack(nack) => {
+                            warn!(seq = nack.seq, reason = nack.reason.as_str(), commander_last_seq = nack.last_seq, "commander refused a heartbeat");
+                            // Stored already (seq at or below the commander's mark),
+                            // or never acceptable: either way it leaves the outbox.
+                            let r = self.with_outbox(|o| {
+                                if nack.last_seq >= nack.seq { o.ack(nack.last_seq) } else { o.discard(nack.seq) }
+                            });
+                            if let Err(e) = r {
+                                break End::Failed(SessionError::Lost(format!("outbox: {e}")));
+                            }
+                        }
+                        CommanderMessage::Challenge(ch) => {
+                            let proof = match prover.answer(&ch) {
+                                Ok(p) => p,
+                                Err(e) => break End::Failed(e),
+                            };
+                            if let Err(e) = tx.send(&SentryMessage::Proof(proof)).await {
+                                break End::Failed(e.into());
+                            }
+                            debug!("answered a re-challenge");
+                        }
+                        CommanderMessage::StatusUpdate(update) => {
+                            approved = update.status == SentryStatus::Approved;
+                            info!(status = ?update.status, "status changed by the commander");
+                            self.status.update(|s| s.approved = approved);
+                        }
+                        CommanderMessage::Reject(r) => {
+                            break End::Failed(SessionError::Rejected { code: r.code, message: r.message });
+                        }
+                        CommanderMessage::Welcome(_) => {
+                            break End::Failed(SessionError::Unexpected("a second Welcome"));
+                        }
+                    }
+                }
+                _ = ack_timer => break End::Failed(SessionError::Dead(deadline)),
+                _ = until_stopped(stop) => break End::Shutdown,
+            }
+        };
+        let reason: &[u8] = match &end {
+            End::Shutdown => b"sentry shutting down",
+            End::Failed(_) => b"sentry closing session",
+        };
+        conn.close(0u32.into(), reason);
+        self.status.update(|s| s.connected = false);
+        end
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). Use this in
+/// `select!` rather than `wait_for`, whose guard is not `Send`.
+pub async fn until_stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
