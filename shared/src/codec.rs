@@ -27,13 +27,28 @@ pub enum CodecError {
     TrailingBytes(usize),
     #[error("cannot encode message: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    #[error("message of {len} bytes would need more than the {max}-byte decode budget (too many small items): split it into several messages")]
+    OverBudget { len: usize, max: usize },
 }
 
-/// Encodes a message body (no length prefix).
-pub fn encode<T: bincode::Encode>(msg: &T) -> Result<Vec<u8>, CodecError> {
+/// Below this body size no message can claim more than the decode budget:
+/// bincode budgets each list element at its in-memory size, at most ~24
+/// times its smallest encoding (an empty `DeviceSnapshot`: 9 bytes on the
+/// wire, 216 in memory).
+const ALWAYS_DECODABLE: usize = MAX_FRAME_LEN / 32;
+
+/// Encodes a message body (no length prefix). Never returns bytes that
+/// [`decode`] would refuse: a large body is decoded once as a check.
+pub fn encode<T: bincode::Encode + bincode::Decode<()>>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let bytes = bincode::encode_to_vec(msg, wire_config())?;
     if bytes.len() > MAX_FRAME_LEN {
         return Err(CodecError::FrameTooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if bytes.len() > ALWAYS_DECODABLE && decode::<T>(&bytes).is_err() {
+        return Err(CodecError::OverBudget {
             len: bytes.len(),
             max: MAX_FRAME_LEN,
         });
@@ -58,7 +73,7 @@ pub fn decode<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Encodes a message as a frame: length prefix then body. `max` is the
 /// peer's frame limit (at most [`MAX_FRAME_LEN`]).
-pub fn encode_frame<T: bincode::Encode>(msg: &T, max: usize) -> Result<Vec<u8>, CodecError> {
+pub fn encode_frame<T: bincode::Encode + bincode::Decode<()>>(msg: &T, max: usize) -> Result<Vec<u8>, CodecError> {
     let body = encode(msg)?;
     if body.len() > max {
         return Err(CodecError::FrameTooLarge {

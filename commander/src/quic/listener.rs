@@ -1,7 +1,13 @@
-//! The QUIC endpoint: raw-public-key TLS, a stateless-reset key derived
-//! from the commander identity (so a restarted commander resets the old
-//! connections of its sentries at once instead of leaving them to time out),
-//! and the accept loop.
+//! The QUIC endpoint: raw-public-key TLS, a stateless-reset key and a
+//! connection-ID key both derived from the commander identity, and the
+//! accept loop.
+//!
+//! Both keys matter for a restart: quinn drops packets whose connection ID
+//! its generator does not recognise *before* it would answer them with a
+//! stateless reset. With both derived from the identity, a restarted
+//! commander recognises its predecessor's connection IDs and resets those
+//! connections at once, so sentries reconnect within milliseconds instead
+//! of waiting for a timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,13 +22,24 @@ use tracing::debug;
 use crate::app::App;
 use crate::sessions::RevokedKeys;
 
-/// The stateless-reset HMAC key: SHA-256 over a domain tag and the
-/// commander's secret seed. Same identity, same key, across restarts.
-fn reset_key(key: &NodeKey) -> ring::hmac::Key {
+/// A secret derived from the commander's seed for one purpose. Same
+/// identity, same value, across restarts.
+fn derive(key: &NodeKey, purpose: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"hashfleet/v1/stateless-reset");
+    h.update(purpose);
     h.update(key.seed().as_ref());
-    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &h.finalize())
+    h.finalize().into()
+}
+
+/// The stateless-reset HMAC key.
+fn reset_key(key: &NodeKey) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(key, b"hashfleet/v1/stateless-reset"))
+}
+
+/// The key of quinn's hashed connection-ID generator.
+fn cid_key(key: &NodeKey) -> u64 {
+    let d = derive(key, b"hashfleet/v1/connection-id");
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 fn transport_config() -> quinn::TransportConfig {
@@ -42,7 +59,11 @@ pub fn bind(key: &NodeKey, revoked: RevokedKeys, addr: SocketAddr) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(transport_config()));
-    let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(key)));
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(key)));
+    let cid_key = cid_key(key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let socket = std::net::UdpSocket::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot bind QUIC on {addr}: {e}"))?;
     let endpoint = quinn::Endpoint::new(

@@ -53,7 +53,7 @@ pub async fn serve(app: Arc<App>, incoming: quinn::Incoming, stop: watch::Receiv
             if let Some((mut tx, reject)) = fail.reject {
                 info!(%remote, code = ?reject.code, "session refused: {}", reject.message);
                 let _ = tx.send(&CommanderMessage::Reject(reject.clone())).await;
-                tx.finish();
+                tx.finish_and_wait(std::time::Duration::from_secs(2)).await;
                 conn.close(close::REJECTED.into(), reject.message.as_bytes());
             } else {
                 debug!(%remote, "handshake failed: {}", fail.reason);

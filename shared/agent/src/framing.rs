@@ -38,7 +38,7 @@ impl FramedSend {
         FramedSend { send }
     }
 
-    pub async fn send<T: bincode::Encode>(&mut self, msg: &T) -> Result<(), FramingError> {
+    pub async fn send<T: bincode::Encode + bincode::Decode<()>>(&mut self, msg: &T) -> Result<(), FramingError> {
         let frame = codec::encode_frame(msg, MAX_FRAME_LEN)?;
         self.send_raw(&frame).await
     }
@@ -61,6 +61,15 @@ impl FramedSend {
 
     pub fn finish(&mut self) {
         let _ = self.send.finish();
+    }
+
+    /// Finishes the stream and waits (at most `wait`) until the peer has
+    /// acknowledged everything sent, so a last message (a `Reject`) is not
+    /// overtaken by the connection close that follows it.
+    pub async fn finish_and_wait(&mut self, wait: std::time::Duration) {
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(wait, self.send.stopped()).await;
+        }
     }
 }
 
