@@ -65,7 +65,8 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     let admin_token = keys::load_or_create_admin_token(&data_dir)?;
     let store_dir = data_dir.join("store");
     let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&store_dir).with_context(|| format!("opening the store in {}", store_dir.display()))?,
+        SledStore::open(&store_dir)
+            .with_context(|| format!("opening the store in {}", store_dir.display()))?,
     );
     let revoked = RevokedKeys::default();
     for key in store.revoked_keys()? {
@@ -73,7 +74,12 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     }
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ingest, ingest_task) = Ingest::spawn(store.clone(), metrics.clone(), config.ingest_batch_max, stop_rx.clone());
+    let (ingest, ingest_task) = Ingest::spawn(
+        store.clone(),
+        metrics.clone(),
+        config.ingest_batch_max,
+        stop_rx.clone(),
+    );
 
     let endpoint = quic::listener::bind(&identity.node, revoked.clone(), config.quic_listen)?;
     let quic_addr = endpoint.local_addr()?;
@@ -93,7 +99,11 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         admin_token_hash: token_hash(&admin_token),
     });
     let tasks = vec![
-        tokio::spawn(quic::listener::accept_loop(app.clone(), endpoint.clone(), stop_rx.clone())),
+        tokio::spawn(quic::listener::accept_loop(
+            app.clone(),
+            endpoint.clone(),
+            stop_rx.clone(),
+        )),
         tokio::spawn(http::serve(app.clone(), http_listener, stop_rx)),
     ];
     info!(%quic_addr, %http_addr, %node_id, public_key = %node_id.public_key_hex(), "commander listening");
@@ -119,7 +129,10 @@ impl Running {
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
-        self.endpoint.close(crate::sessions::close::SHUTDOWN.into(), b"commander shutting down");
+        self.endpoint.close(
+            crate::sessions::close::SHUTDOWN.into(),
+            b"commander shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(10), self.ingest_task).await;
         let store = self.app.store.clone();
         tokio::task::spawn_blocking(move || store.flush()).await??;
@@ -130,7 +143,10 @@ impl Running {
 }
 
 /// Runs the commander until `shutdown` resolves.
-pub async fn run(config: CommanderConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: CommanderConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let running = start(config).await?;
     shutdown.await;
     running.shutdown().await

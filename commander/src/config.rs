@@ -35,7 +35,9 @@ impl CommanderConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.data_dir.as_os_str().is_empty() {
-            anyhow::bail!("data_dir is empty: pass --data-dir DIR or set data_dir in the config file");
+            anyhow::bail!(
+                "data_dir is empty: pass --data-dir DIR or set data_dir in the config file"
+            );
         }
         if self.rechallenge < Duration::from_secs(1) {
             anyhow::bail!("rechallenge_secs must be at least 1");
@@ -63,7 +65,11 @@ impl FileConfig {
         let meta = std::fs::metadata(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         if meta.len() > MAX_CONFIG_BYTES {
-            anyhow::bail!("config {} is {} bytes; a config file is at most 1 MiB", path.display(), meta.len());
+            anyhow::bail!(
+                "config {} is {} bytes; a config file is at most 1 MiB",
+                path.display(),
+                meta.len()
+            );
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
@@ -76,9 +82,11 @@ impl FileConfig {
 
     /// Applies the file on top of defaults for `data_dir`.
     pub fn into_config(self, data_dir: Option<PathBuf>) -> anyhow::Result<CommanderConfig> {
-        let data_dir = data_dir
-            .or(self.data_dir)
-            .ok_or_else(|| anyhow::anyhow!("no data directory: pass --data-dir DIR or set data_dir in the config file"))?;
+        let data_dir = data_dir.or(self.data_dir).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no data directory: pass --data-dir DIR or set data_dir in the config file"
+            )
+        })?;
         let mut c = CommanderConfig::new(data_dir);
         if let Some(a) = self.quic_listen {
             c.quic_listen = a;
@@ -102,7 +110,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let err = FileConfig::parse("data_dir = \"/x\"\nhttp_lisen = \"127.0.0.1:1\"\n").unwrap_err();
+        let err =
+            FileConfig::parse("data_dir = \"/x\"\nhttp_lisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("http_lisen"), "{err}");
     }
 

@@ -16,7 +16,11 @@ use hashfleet_shared::wire::SentryKind;
 use crate::store::TokenRecord;
 use crate::CommanderConfig;
 
-pub async fn run(http_listen: SocketAddr, interval_secs: u64, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    http_listen: SocketAddr,
+    interval_secs: u64,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let temp = tempfile::Builder::new()
         .prefix("hashfleet-demo-")
         .tempdir()
@@ -43,7 +47,11 @@ pub async fn run(http_listen: SocketAddr, interval_secs: u64, shutdown: impl Fut
         keys: vec![running.node_id],
         enroll_token: Some(token),
     };
-    let mut sentry = AgentConfig::new(temp.path().join("sentry-host"), vec![target], SentryKind::Host);
+    let mut sentry = AgentConfig::new(
+        temp.path().join("sentry-host"),
+        vec![target],
+        SentryKind::Host,
+    );
     sentry.interval = Duration::from_secs(interval_secs.max(1));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sentry_task = tokio::spawn(hashfleet_sentry_host::run(sentry, async {
@@ -56,7 +64,11 @@ pub async fn run(http_listen: SocketAddr, interval_secs: u64, shutdown: impl Fut
     println!("Hashfleet demo is running.");
     println!("  HTTP API     {url}");
     println!("  admin token  {token}");
-    println!("  commander    QUIC {} key {}", running.quic_addr, running.node_id.public_key_hex());
+    println!(
+        "  commander    QUIC {} key {}",
+        running.quic_addr,
+        running.node_id.public_key_hex()
+    );
     println!("  data         {} (removed on exit)", temp.path().display());
     println!();
     println!("  curl -s -H 'Authorization: Bearer {token}' {url}/api/v1/sentries");

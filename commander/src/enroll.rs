@@ -30,7 +30,11 @@ fn state_of(status: SentryStatus) -> SentryState {
 }
 
 /// Decides on a verified hello, writing what changes. Blocking.
-pub fn admit(store: &dyn Store, hello: &Hello, now_ms: u64) -> Result<Result<Admitted, Reject>, StoreError> {
+pub fn admit(
+    store: &dyn Store,
+    hello: &Hello,
+    now_ms: u64,
+) -> Result<Result<Admitted, Reject>, StoreError> {
     let existing = match store.sentry_id_for_node(&hello.node_id)? {
         Some(id) => store.sentry(id)?,
         None => None,
@@ -38,10 +42,12 @@ pub fn admit(store: &dyn Store, hello: &Hello, now_ms: u64) -> Result<Result<Adm
     let known = existing.as_ref().map(|r| status_of(r.state));
     // Only a new or pending sentry spends a token.
     let token = match (&known, &hello.enroll_token) {
-        (None | Some(Known::Pending), Some(token)) => match store.use_token(&token_hash(token), now_ms)? {
-            TokenUse::Used => TokenCheck::Valid,
-            TokenUse::Unknown | TokenUse::Expired | TokenUse::UsedUp => TokenCheck::Invalid,
-        },
+        (None | Some(Known::Pending), Some(token)) => {
+            match store.use_token(&token_hash(token), now_ms)? {
+                TokenUse::Used => TokenCheck::Valid,
+                TokenUse::Unknown | TokenUse::Expired | TokenUse::UsedUp => TokenCheck::Invalid,
+            }
+        }
         _ => TokenCheck::Absent,
     };
     let status = match decide(known, token) {

@@ -44,11 +44,18 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
         return Ok(token);
     }
     let bytes = secure_file::read_private(&path, 4096)?;
-    let token = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not text: delete it to have a new admin token made", path.display()))?;
+    let token = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not text: delete it to have a new admin token made",
+            path.display()
+        )
+    })?;
     let token = token.trim().to_string();
     if token.len() < 16 {
-        anyhow::bail!("{} holds a token shorter than 16 characters: delete it to have a new one made", path.display());
+        anyhow::bail!(
+            "{} holds a token shorter than 16 characters: delete it to have a new one made",
+            path.display()
+        );
     }
     Ok(token)
 }

@@ -10,7 +10,11 @@ use hashfleet_commander::config::FileConfig;
 use hashfleet_commander::{demo, info, shutdown_signal};
 
 #[derive(Parser)]
-#[command(name = "hashfleet-commander", version, about = "Hashfleet commander: QUIC ingest, store and HTTP API")]
+#[command(
+    name = "hashfleet-commander",
+    version,
+    about = "Hashfleet commander: QUIC ingest, store and HTTP API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,7 +108,10 @@ fn main() -> ExitCode {
         },
         Command::Validate(args) => match args.load() {
             Ok(config) => {
-                println!("configuration is valid (data dir {})", config.data_dir.display());
+                println!(
+                    "configuration is valid (data dir {})",
+                    config.data_dir.display()
+                );
                 Ok(())
             }
             Err(e) => {

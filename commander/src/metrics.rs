@@ -92,35 +92,80 @@ impl Metrics {
     /// Prometheus text exposition of everything, plus the store size.
     pub fn render(&self, store_bytes: u64, sentries: usize) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP hashfleet_build_info Build of the running commander.");
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_build_info Build of the running commander."
+        );
         let _ = writeln!(out, "# TYPE hashfleet_build_info gauge");
-        let _ = writeln!(out, "hashfleet_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-        let _ = writeln!(out, "# HELP hashfleet_heartbeats_total Heartbeats received, by result.");
+        let _ = writeln!(
+            out,
+            "hashfleet_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_heartbeats_total Heartbeats received, by result."
+        );
         let _ = writeln!(out, "# TYPE hashfleet_heartbeats_total counter");
         for (i, r) in HEARTBEAT_RESULTS.iter().enumerate() {
-            let _ = writeln!(out, "hashfleet_heartbeats_total{{result=\"{r}\"}} {}", self.heartbeats[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "hashfleet_heartbeats_total{{result=\"{r}\"}} {}",
+                self.heartbeats[i].load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP hashfleet_handshakes_total Session handshakes, by result.");
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_handshakes_total Session handshakes, by result."
+        );
         let _ = writeln!(out, "# TYPE hashfleet_handshakes_total counter");
         for (i, r) in HANDSHAKE_RESULTS.iter().enumerate() {
-            let _ = writeln!(out, "hashfleet_handshakes_total{{result=\"{r}\"}} {}", self.handshakes[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "hashfleet_handshakes_total{{result=\"{r}\"}} {}",
+                self.handshakes[i].load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP hashfleet_connected_sentries Sentries with a live session.");
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_connected_sentries Sentries with a live session."
+        );
         let _ = writeln!(out, "# TYPE hashfleet_connected_sentries gauge");
-        let _ = writeln!(out, "hashfleet_connected_sentries {}", self.connected.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP hashfleet_sentries Sentries known to this commander.");
+        let _ = writeln!(
+            out,
+            "hashfleet_connected_sentries {}",
+            self.connected.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_sentries Sentries known to this commander."
+        );
         let _ = writeln!(out, "# TYPE hashfleet_sentries gauge");
         let _ = writeln!(out, "hashfleet_sentries {sentries}");
         let _ = writeln!(out, "# HELP hashfleet_ingest_commit_seconds Time to store and flush one batch of heartbeats.");
         let _ = writeln!(out, "# TYPE hashfleet_ingest_commit_seconds histogram");
         for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "hashfleet_ingest_commit_seconds_bucket{{le=\"{bound}\"}} {}", self.commit_buckets[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "hashfleet_ingest_commit_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.commit_buckets[i].load(Ordering::Relaxed)
+            );
         }
         let count = self.commit_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "hashfleet_ingest_commit_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "hashfleet_ingest_commit_seconds_sum {}", self.commit_sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "hashfleet_ingest_commit_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "hashfleet_ingest_commit_seconds_sum {}",
+            self.commit_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "hashfleet_ingest_commit_seconds_count {count}");
-        let _ = writeln!(out, "# HELP hashfleet_store_size_bytes Bytes the store occupies on disk.");
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_store_size_bytes Bytes the store occupies on disk."
+        );
         let _ = writeln!(out, "# TYPE hashfleet_store_size_bytes gauge");
         let _ = writeln!(out, "hashfleet_store_size_bytes {store_bytes}");
         out

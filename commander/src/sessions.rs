@@ -45,7 +45,12 @@ pub struct Sessions {
 impl Sessions {
     /// Registers a session, closing any older one of the same node.
     /// Returns the registration id to pass to [`Sessions::remove`].
-    pub fn register(&self, node: NodeId, conn: quinn::Connection, control: mpsc::Sender<Control>) -> u64 {
+    pub fn register(
+        &self,
+        node: NodeId,
+        conn: quinn::Connection,
+        control: mpsc::Sender<Control>,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let old = self
             .live
@@ -53,8 +58,10 @@ impl Sessions {
             .unwrap_or_else(|p| p.into_inner())
             .insert(node, Entry { id, conn, control });
         if let Some(old) = old {
-            old.conn
-                .close(close::REPLACED.into(), b"replaced by a newer session of this node");
+            old.conn.close(
+                close::REPLACED.into(),
+                b"replaced by a newer session of this node",
+            );
         }
         id
     }
@@ -84,7 +91,12 @@ impl Sessions {
 
     /// Closes a node's live session at once.
     pub fn close(&self, node: &NodeId, code: u32, reason: &str) {
-        if let Some(e) = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(node) {
+        if let Some(e) = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node)
+        {
             e.conn.close(code.into(), reason.as_bytes());
         }
     }
@@ -100,11 +112,17 @@ pub struct RevokedKeys(Arc<RwLock<HashSet<NodeId>>>);
 
 impl RevokedKeys {
     pub fn insert(&self, node: NodeId) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(node);
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node);
     }
 
     pub fn contains(&self, node: &NodeId) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(node)
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node)
     }
 }
 

@@ -43,7 +43,9 @@ fn spawn(data: &Path, quic: &str) -> Commander {
             }
         }
     });
-    let (quic, http) = rx.recv_timeout(Duration::from_secs(30)).expect("commander reports its addresses");
+    let (quic, http) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("commander reports its addresses");
     Commander {
         child,
         quic: quic.expect("quic_addr").parse().unwrap(),
@@ -52,7 +54,15 @@ fn spawn(data: &Path, quic: &str) -> Commander {
 }
 
 async fn get(client: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
-    client.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +125,10 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
         let restarted = Instant::now();
         let deadline = restarted + Duration::from_secs(20);
         while status.get().last_ack_seq <= acked_before {
-            assert!(Instant::now() < deadline, "round {round}: no ack after restart");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no ack after restart"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         reconnect_times.push(restarted.elapsed());
@@ -126,26 +139,55 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
             resets_seen += 1;
         }
     }
-    assert!(resets_seen > 0, "no round ended in a stateless reset; last error: {:?}", status.get().last_error);
+    assert!(
+        resets_seen > 0,
+        "no round ended in a stateless reset; last error: {:?}",
+        status.get().last_error
+    );
 
     // Let the outbox drain, then stop producing and drain the rest.
     let _ = stop_tx.send(());
     sentry.await.unwrap().unwrap();
     let produced = status.get().last_seq;
     let acked = status.get().last_ack_seq;
-    assert!(produced >= 20, "enough heartbeats to mean something: {produced}");
+    assert!(
+        produced >= 20,
+        "enough heartbeats to mean something: {produced}"
+    );
 
-    let sentries = get(&client, &format!("{}/api/v1/sentries", commander.http), &admin).await;
+    let sentries = get(
+        &client,
+        &format!("{}/api/v1/sentries", commander.http),
+        &admin,
+    )
+    .await;
     let s = &sentries[0];
     let id = s["sentry_id"].as_str().unwrap();
-    let hbs = get(&client, &format!("{}/api/v1/sentries/{id}/heartbeats?limit=10000", commander.http), &admin).await;
-    let mut seqs: Vec<u64> = hbs.as_array().unwrap().iter().map(|h| h["seq"].as_u64().unwrap()).collect();
+    let hbs = get(
+        &client,
+        &format!(
+            "{}/api/v1/sentries/{id}/heartbeats?limit=10000",
+            commander.http
+        ),
+        &admin,
+    )
+    .await;
+    let mut seqs: Vec<u64> = hbs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["seq"].as_u64().unwrap())
+        .collect();
     seqs.reverse();
     let max = *seqs.last().unwrap();
     // Every acknowledged seq is there; nothing is there twice; no gaps.
     assert!(max >= acked, "stored up to {max}, acknowledged {acked}");
     assert_eq!(seqs, (1..=max).collect::<Vec<_>>(), "exactly once, no gaps");
-    assert_eq!(s["heartbeats"].as_u64().unwrap(), max, "count matches stored seqs");
+    assert_eq!(
+        s["heartbeats"].as_u64().unwrap(),
+        max,
+        "count matches stored seqs"
+    );
     assert_eq!(s["last_seq"].as_u64().unwrap(), max);
     eprintln!(
         "produced {produced}, stored {max}, acknowledged {acked}; time to first ack after each restart: {reconnect_times:?}"

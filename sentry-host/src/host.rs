@@ -73,7 +73,10 @@ impl HostCollector {
                 metrics.insert("swap_used_bytes".into(), sys.used_swap() as f64);
                 metrics.insert("swap_total_bytes".into(), sys.total_swap() as f64);
             }
-            None => fail("collector_error", "sysinfo cannot read CPU and memory on this system".into()),
+            None => fail(
+                "collector_error",
+                "sysinfo cannot read CPU and memory on this system".into(),
+            ),
         }
         match System::load_average() {
             Ok(load) => {
@@ -114,7 +117,10 @@ impl HostCollector {
             metrics.insert("disk_used_bytes".into(), used as f64);
             metrics.insert("disk_total_bytes".into(), total as f64);
         } else {
-            fail("collector_error", "sysinfo cannot list disks on this system".into());
+            fail(
+                "collector_error",
+                "sysinfo cannot list disks on this system".into(),
+            );
         }
         let raw = serde_json::json!({ "disks": raw_disks }).to_string();
         DeviceSnapshot {
@@ -141,7 +147,13 @@ mod tests {
         let mut c = HostCollector::new();
         let s = c.snapshot();
         assert_eq!(s.kind, "host");
-        for m in ["cpu_pct", "mem_total_bytes", "mem_used_bytes", "uptime_s", "load_1"] {
+        for m in [
+            "cpu_pct",
+            "mem_total_bytes",
+            "mem_used_bytes",
+            "uptime_s",
+            "load_1",
+        ] {
             assert!(s.metrics.contains_key(m), "missing {m}: {:?}", s.metrics);
         }
         assert!(s.metrics["mem_total_bytes"] > 0.0);

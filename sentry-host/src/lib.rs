@@ -38,6 +38,9 @@ pub fn agent(config: AgentConfig) -> anyhow::Result<Agent<HostSentry>> {
 }
 
 /// Runs the host sentry until `shutdown` resolves.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     agent(config)?.run(shutdown).await
 }

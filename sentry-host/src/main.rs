@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use hashfleet_agent::cli::{identity_command, init_tracing, IdentityCommand, RunArgs};
 
 #[derive(Parser)]
-#[command(name = "hashfleet-sentry-host", version, about = "Hashfleet sentry for GPU/CPU rigs and AI nodes")]
+#[command(
+    name = "hashfleet-sentry-host",
+    version,
+    about = "Hashfleet sentry for GPU/CPU rigs and AI nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,7 +33,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => match hashfleet_sentry_host::config::load(&args) {
             Ok(config) => match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt.block_on(hashfleet_sentry_host::run(config, hashfleet_agent::cli::shutdown_signal())),
+                Ok(rt) => rt.block_on(hashfleet_sentry_host::run(
+                    config,
+                    hashfleet_agent::cli::shutdown_signal(),
+                )),
                 Err(e) => Err(e.into()),
             },
             Err(e) => {
@@ -39,7 +46,11 @@ fn main() -> ExitCode {
         },
         Command::Validate(args) => match hashfleet_sentry_host::config::load(&args) {
             Ok(c) => {
-                println!("configuration is valid: {} commander(s), home {}", c.commanders.len(), c.home.display());
+                println!(
+                    "configuration is valid: {} commander(s), home {}",
+                    c.commanders.len(),
+                    c.home.display()
+                );
                 Ok(())
             }
             Err(e) => {

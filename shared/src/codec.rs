@@ -73,7 +73,10 @@ pub fn decode<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Encodes a message as a frame: length prefix then body. `max` is the
 /// peer's frame limit (at most [`MAX_FRAME_LEN`]).
-pub fn encode_frame<T: bincode::Encode + bincode::Decode<()>>(msg: &T, max: usize) -> Result<Vec<u8>, CodecError> {
+pub fn encode_frame<T: bincode::Encode + bincode::Decode<()>>(
+    msg: &T,
+    max: usize,
+) -> Result<Vec<u8>, CodecError> {
     let body = encode(msg)?;
     if body.len() > max {
         return Err(CodecError::FrameTooLarge {
@@ -174,7 +177,10 @@ mod tests {
         dec.push(&2000u32.to_be_bytes());
         assert!(matches!(
             dec.next_frame(),
-            Err(CodecError::FrameTooLarge { len: 2000, max: 1024 })
+            Err(CodecError::FrameTooLarge {
+                len: 2000,
+                max: 1024
+            })
         ));
     }
 

@@ -11,7 +11,10 @@ use crate::wire::{Reject, RejectCode, SentryStatus};
 
 /// A new random token: `prefix` then 32 random bytes in base58.
 pub fn generate_token(prefix: &str) -> String {
-    format!("{prefix}{}", bs58::encode(crate::random_bytes::<32>()).into_string())
+    format!(
+        "{prefix}{}",
+        bs58::encode(crate::random_bytes::<32>()).into_string()
+    )
 }
 
 /// What the store keeps of a token.
@@ -41,9 +44,15 @@ pub enum TokenCheck {
 pub enum Decision {
     /// Create a new sentry with this status; `consume` says whether the
     /// token's use count goes down.
-    Create { status: SentryStatus, consume: bool },
+    Create {
+        status: SentryStatus,
+        consume: bool,
+    },
     /// A known sentry: welcome it with this status.
-    Welcome { status: SentryStatus, consume: bool },
+    Welcome {
+        status: SentryStatus,
+        consume: bool,
+    },
     Reject(Reject),
 }
 
@@ -98,25 +107,44 @@ mod tests {
         use SentryStatus::*;
         assert_eq!(
             decide(None, TokenCheck::Valid),
-            Decision::Create { status: Approved, consume: true }
+            Decision::Create {
+                status: Approved,
+                consume: true
+            }
         );
         assert_eq!(
             decide(None, TokenCheck::Absent),
-            Decision::Create { status: Pending, consume: false }
+            Decision::Create {
+                status: Pending,
+                consume: false
+            }
         );
-        assert!(matches!(decide(None, TokenCheck::Invalid), Decision::Reject(r) if r.code == RejectCode::EnrollTokenInvalid));
-        assert!(matches!(decide(Some(Known::Revoked), TokenCheck::Valid), Decision::Reject(r) if r.code == RejectCode::Revoked));
+        assert!(
+            matches!(decide(None, TokenCheck::Invalid), Decision::Reject(r) if r.code == RejectCode::EnrollTokenInvalid)
+        );
+        assert!(
+            matches!(decide(Some(Known::Revoked), TokenCheck::Valid), Decision::Reject(r) if r.code == RejectCode::Revoked)
+        );
         assert_eq!(
             decide(Some(Known::Approved), TokenCheck::Valid),
-            Decision::Welcome { status: Approved, consume: false }
+            Decision::Welcome {
+                status: Approved,
+                consume: false
+            }
         );
         assert_eq!(
             decide(Some(Known::Pending), TokenCheck::Valid),
-            Decision::Welcome { status: Approved, consume: true }
+            Decision::Welcome {
+                status: Approved,
+                consume: true
+            }
         );
         assert_eq!(
             decide(Some(Known::Pending), TokenCheck::Absent),
-            Decision::Welcome { status: Pending, consume: false }
+            Decision::Welcome {
+                status: Pending,
+                consume: false
+            }
         );
     }
 

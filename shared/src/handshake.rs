@@ -76,7 +76,9 @@ impl SentryHandshake {
             kind: params.kind,
             agent_version: params.agent_version,
             wallet_address: identity.wallet.address(),
-            wallet_proof: identity.wallet.personal_sign(&wallet_proof_message(&node_id)),
+            wallet_proof: identity
+                .wallet
+                .personal_sign(&wallet_proof_message(&node_id)),
             enroll_token: params.enroll_token,
             nonce,
             labels: params.labels,
@@ -100,8 +102,13 @@ impl SentryHandshake {
         challenge: &Challenge,
     ) -> Result<Proof, HandshakeError> {
         let payload = challenge_payload(&self.nonce, &self.exporter, &self.node_id);
-        sign::verify(commander, Domain::CommanderProof, &payload, &challenge.proof)
-            .map_err(|_| HandshakeError::CommanderProofInvalid(*commander))?;
+        sign::verify(
+            commander,
+            Domain::CommanderProof,
+            &payload,
+            &challenge.proof,
+        )
+        .map_err(|_| HandshakeError::CommanderProofInvalid(*commander))?;
         let ours = challenge_payload(&challenge.nonce, &self.exporter, &self.node_id);
         Ok(Proof {
             signature: sign::sign(node_key, Domain::SentryProof, &ours),
@@ -221,11 +228,17 @@ pub fn check_proof(
 
 fn check_bounds(hello: &Hello) -> Result<(), Reject> {
     let bad = |what: String| Err(reject(RejectCode::Malformed, what));
-    if hello.enroll_token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
+    if hello
+        .enroll_token
+        .as_ref()
+        .is_some_and(|t| t.len() > MAX_TOKEN_LEN)
+    {
         return bad(format!("enroll token longer than {MAX_TOKEN_LEN} bytes"));
     }
     if hello.agent_version.len() > MAX_AGENT_VERSION_LEN {
-        return bad(format!("agent_version longer than {MAX_AGENT_VERSION_LEN} bytes"));
+        return bad(format!(
+            "agent_version longer than {MAX_AGENT_VERSION_LEN} bytes"
+        ));
     }
     if hello.labels.len() > MAX_LABELS {
         return bad(format!("more than {MAX_LABELS} labels"));
@@ -235,7 +248,9 @@ fn check_bounds(hello: &Hello) -> Result<(), Reject> {
         .iter()
         .any(|(k, v)| k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN)
     {
-        return bad(format!("a label key or value is longer than {MAX_LABEL_LEN} bytes"));
+        return bad(format!(
+            "a label key or value is longer than {MAX_LABEL_LEN} bytes"
+        ));
     }
     Ok(())
 }
@@ -259,21 +274,42 @@ mod tests {
         let commander = NodeKey::generate();
         let exporter = [1u8; 32];
         let (hs, hello) = SentryHandshake::start(&sentry, params(), exporter, [2u8; 32]);
-        let (ch, challenge) =
-            CommanderHandshake::on_hello(hello.clone(), &sentry.node_id(), exporter, &commander, [3u8; 32])
-                .unwrap();
-        let proof = hs.answer(&sentry.node, &commander.node_id(), &challenge).unwrap();
+        let (ch, challenge) = CommanderHandshake::on_hello(
+            hello.clone(),
+            &sentry.node_id(),
+            exporter,
+            &commander,
+            [3u8; 32],
+        )
+        .unwrap();
+        let proof = hs
+            .answer(&sentry.node, &commander.node_id(), &challenge)
+            .unwrap();
         assert_eq!(ch.clone().on_proof(&proof).unwrap(), hello);
 
         // The same proof on another connection (other exporter) fails.
-        let (other, _) =
-            CommanderHandshake::on_hello(hello.clone(), &sentry.node_id(), [9u8; 32], &commander, [3u8; 32])
-                .unwrap();
-        assert_eq!(other.on_proof(&proof).unwrap_err().code, RejectCode::ProofInvalid);
+        let (other, _) = CommanderHandshake::on_hello(
+            hello.clone(),
+            &sentry.node_id(),
+            [9u8; 32],
+            &commander,
+            [3u8; 32],
+        )
+        .unwrap();
+        assert_eq!(
+            other.on_proof(&proof).unwrap_err().code,
+            RejectCode::ProofInvalid
+        );
 
         // A challenge signed by another key fails at the sentry.
         let impostor = NodeKey::generate();
-        let forged = make_challenge(&impostor, &[2u8; 32], &exporter, &sentry.node_id(), [3u8; 32]);
+        let forged = make_challenge(
+            &impostor,
+            &[2u8; 32],
+            &exporter,
+            &sentry.node_id(),
+            [3u8; 32],
+        );
         assert!(matches!(
             hs.answer(&sentry.node, &commander.node_id(), &forged),
             Err(HandshakeError::CommanderProofInvalid(_))
@@ -293,10 +329,17 @@ mod tests {
         newer.protocol_version = 2;
         let err = on(newer, &sentry.node_id()).unwrap_err();
         assert_eq!(err.code, RejectCode::VersionMismatch);
-        assert!(err.message.contains("upgrade the commander"), "{}", err.message);
+        assert!(
+            err.message.contains("upgrade the commander"),
+            "{}",
+            err.message
+        );
 
         let other = NodeKey::generate().node_id();
-        assert_eq!(on(hello.clone(), &other).unwrap_err().code, RejectCode::IdentityMismatch);
+        assert_eq!(
+            on(hello.clone(), &other).unwrap_err().code,
+            RejectCode::IdentityMismatch
+        );
 
         let mut stolen_wallet = hello.clone();
         stolen_wallet.wallet_address = crate::wallet::WalletKey::generate().address();
@@ -307,6 +350,9 @@ mod tests {
 
         let mut long = hello;
         long.enroll_token = Some("x".repeat(MAX_TOKEN_LEN + 1));
-        assert_eq!(on(long, &sentry.node_id()).unwrap_err().code, RejectCode::Malformed);
+        assert_eq!(
+            on(long, &sentry.node_id()).unwrap_err().code,
+            RejectCode::Malformed
+        );
     }
 }

@@ -29,13 +29,17 @@ pub fn open(
     last_seq: u64,
     now_ms: u64,
 ) -> Result<Heartbeat, NackReason> {
-    let heartbeat: Heartbeat =
-        codec::decode(&signed.payload).map_err(|_| NackReason::Malformed)?;
+    let heartbeat: Heartbeat = codec::decode(&signed.payload).map_err(|_| NackReason::Malformed)?;
     if &heartbeat.node_id != session {
         return Err(NackReason::ForeignNode);
     }
-    sign::verify(session, Domain::Heartbeat, &signed.payload, &signed.signature)
-        .map_err(|_| NackReason::BadSignature)?;
+    sign::verify(
+        session,
+        Domain::Heartbeat,
+        &signed.payload,
+        &signed.signature,
+    )
+    .map_err(|_| NackReason::BadSignature)?;
     accept_seq(last_seq, heartbeat.seq)?;
     if heartbeat.ts_ms > now_ms.saturating_add(MAX_FUTURE_SKEW_MS) {
         return Err(NackReason::ClockSkew);

@@ -174,7 +174,10 @@ impl Identity {
 
     fn from_file(file: &IdentityFile) -> Result<Self, String> {
         if file.node_key_type != "ed25519" {
-            return Err(format!("node_key_type is `{}`, expected `ed25519`", file.node_key_type));
+            return Err(format!(
+                "node_key_type is `{}`, expected `ed25519`",
+                file.node_key_type
+            ));
         }
         if file.wallet_key_type != "secp256k1" {
             return Err(format!(
@@ -208,7 +211,10 @@ impl Identity {
         let previous_node_ids = file
             .previous_node_ids
             .iter()
-            .map(|s| s.parse::<NodeId>().map_err(|e| format!("previous_node_ids: {e}")))
+            .map(|s| {
+                s.parse::<NodeId>()
+                    .map_err(|e| format!("previous_node_ids: {e}"))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Identity {
             node,
@@ -231,7 +237,11 @@ impl Identity {
             wallet_private_key: hex::encode(self.wallet.secret_bytes().as_ref()),
             wallet_address: self.wallet.address().to_string(),
             created_at: self.created_at.clone(),
-            previous_node_ids: self.previous_node_ids.iter().map(|n| n.to_string()).collect(),
+            previous_node_ids: self
+                .previous_node_ids
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
             rotated_at: self.rotated_at.clone(),
         };
         let mut json = zeroize::Zeroizing::new(

@@ -140,7 +140,10 @@ impl<'de> serde::Deserialize<'de> for NodeId {
 
 // On the wire a node_id is its raw 32-byte key.
 impl bincode::Encode for NodeId {
-    fn encode<E: bincode::enc::Encoder>(&self, e: &mut E) -> Result<(), bincode::error::EncodeError> {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
         bincode::Encode::encode(&self.0, e)
     }
 }
@@ -165,7 +168,10 @@ mod tests {
             "16Uiu2HAmLhLvBoYaoZfaMUKuibM6ac163GwKY74c5kiSLg5KvLpY".parse::<NodeId>(),
             Err(NodeIdError::NotEd25519(_))
         ));
-        assert!(matches!("0OIl".parse::<NodeId>(), Err(NodeIdError::NotBase58(_))));
+        assert!(matches!(
+            "0OIl".parse::<NodeId>(),
+            Err(NodeIdError::NotBase58(_))
+        ));
         assert!(matches!(
             "1".repeat(200).parse::<NodeId>(),
             Err(NodeIdError::TooLong(200))

@@ -13,9 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{AlwaysResolvesClientRawPublicKeys, Resumption};
-use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{
+    verify_tls13_signature_with_raw_key, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
+    UnixTime,
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{AlwaysResolvesServerRawPublicKeys, NoServerSessionStorage};
@@ -71,8 +74,9 @@ pub struct NotPinned {
 }
 
 fn node_from_cert(cert: &CertificateDer<'_>) -> Result<NodeId, rustls::Error> {
-    NodeId::from_spki_der(cert.as_ref())
-        .ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+    NodeId::from_spki_der(cert.as_ref()).ok_or(rustls::Error::InvalidCertificate(
+        CertificateError::BadEncoding,
+    ))
 }
 
 fn verify_raw(
@@ -107,7 +111,9 @@ impl ClientCertVerifier for ClientKeyVerifier {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         if !intermediates.is_empty() {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
         }
         let node = node_from_cert(end_entity)?;
         if !self.policy.allow(&node) {
@@ -175,7 +181,9 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if !intermediates.is_empty() {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
         }
         let node = node_from_cert(end_entity)?;
         if self.pins.contains(&node) {
@@ -229,7 +237,10 @@ impl ServerCertVerifier for PinnedServerVerifier {
 
 /// The commander's TLS config: presents `key`, requires a sentry key that
 /// `policy` allows.
-pub fn server_config(key: &NodeKey, policy: Arc<dyn ClientKeyPolicy>) -> Result<ServerConfig, TlsError> {
+pub fn server_config(
+    key: &NodeKey,
+    policy: Arc<dyn ClientKeyPolicy>,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(ClientKeyVerifier {
         policy,
@@ -249,7 +260,11 @@ pub fn server_config(key: &NodeKey, policy: Arc<dyn ClientKeyPolicy>) -> Result<
 
 /// A sentry's TLS config: presents `key`, accepts only commander keys in
 /// `pins`. Refusals are noted in `report`.
-pub fn client_config(key: &NodeKey, pins: Vec<NodeId>, report: PinReport) -> Result<ClientConfig, TlsError> {
+pub fn client_config(
+    key: &NodeKey,
+    pins: Vec<NodeId>,
+    report: PinReport,
+) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PinnedServerVerifier {
         pins,

@@ -83,7 +83,8 @@ impl FromStr for WalletAddress {
             .filter(|d| d.len() == 40)
             .ok_or_else(|| WalletError::BadAddress(truncate(text)))?;
         let mut out = [0u8; 20];
-        hex::decode_to_slice(digits, &mut out).map_err(|_| WalletError::BadAddress(truncate(text)))?;
+        hex::decode_to_slice(digits, &mut out)
+            .map_err(|_| WalletError::BadAddress(truncate(text)))?;
         let address = WalletAddress(out);
         let mixed = digits.chars().any(|c| c.is_ascii_lowercase())
             && digits.chars().any(|c| c.is_ascii_uppercase());
@@ -112,7 +113,10 @@ impl<'de> serde::Deserialize<'de> for WalletAddress {
 }
 
 impl bincode::Encode for WalletAddress {
-    fn encode<E: bincode::enc::Encoder>(&self, e: &mut E) -> Result<(), bincode::error::EncodeError> {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
         bincode::Encode::encode(&self.0, e)
     }
 }
@@ -188,7 +192,10 @@ pub fn eip191_digest(message: &[u8]) -> [u8; 32] {
 }
 
 /// Recovers the address that made an EIP-191 signature.
-pub fn recover_personal(message: &[u8], signature: &[u8; 65]) -> Result<WalletAddress, WalletError> {
+pub fn recover_personal(
+    message: &[u8],
+    signature: &[u8; 65],
+) -> Result<WalletAddress, WalletError> {
     let v = match signature[64] {
         v @ (27 | 28) => v - 27,
         v @ (0 | 1) => v,

@@ -80,8 +80,13 @@ fn wallet_address_vectors() {
 
 #[test]
 fn eip55_checksum_vector() {
-    let lower: WalletAddress = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed".parse().unwrap();
-    assert_eq!(lower.to_string(), "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
+    let lower: WalletAddress = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        lower.to_string(),
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+    );
     // A wrong mixed case is refused.
     assert!("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"
         .parse::<WalletAddress>()
@@ -97,7 +102,10 @@ fn eip191_personal_sign_round_trip() {
     let message = b"12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
     let sig = key.personal_sign(message);
     assert!(sig[64] == 27 || sig[64] == 28);
-    assert_eq!(wallet::recover_personal(message, &sig).unwrap(), key.address());
+    assert_eq!(
+        wallet::recover_personal(message, &sig).unwrap(),
+        key.address()
+    );
     assert!(wallet::verify_personal(message, &sig, &key.address()).is_ok());
     // Another message, or another claimed address, fails.
     assert!(wallet::verify_personal(b"other", &sig, &key.address()).is_err());
@@ -122,8 +130,14 @@ fn identity_file_round_trip_fields_and_mode() {
     let (created, fresh) = Identity::load_or_create(&home).unwrap();
     assert!(fresh);
     let path = home.join(IDENTITY_FILE);
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     for field in [
@@ -159,7 +173,10 @@ fn identity_refuses_open_mode_and_never_regenerates() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let before = std::fs::read(&path).unwrap();
     let err = Identity::load_or_create(home.path()).unwrap_err();
-    assert!(matches!(err, IdentityError::File(SecureFileError::TooOpen { .. })), "{err}");
+    assert!(
+        matches!(err, IdentityError::File(SecureFileError::TooOpen { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("chmod 600"));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
@@ -176,11 +193,20 @@ fn identity_refuses_corrupt_files_and_leaves_them() {
     json["node_public_key"] = serde_json::Value::String("00".repeat(32));
     let mismatched = serde_json::to_string(&json).unwrap();
 
-    for bad in [truncated.to_string(), mismatched, "{}".to_string(), String::new()] {
+    for bad in [
+        truncated.to_string(),
+        mismatched,
+        "{}".to_string(),
+        String::new(),
+    ] {
         hashfleet_shared::secure_file::write_atomic(&path, bad.as_bytes(), 0o600).unwrap();
         let err = Identity::load_or_create(home.path()).unwrap_err();
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("left untouched"));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), bad, "file was rewritten");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            bad,
+            "file was rewritten"
+        );
     }
 }

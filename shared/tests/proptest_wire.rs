@@ -715,7 +715,11 @@ fn everything_encode_accepts_decodes() {
     for n in [100, 4_000, 4_900, 20_000] {
         let hb = heartbeat_of_empty_devices(n);
         match codec::encode(&hb) {
-            Ok(body) => assert_eq!(codec::decode::<Heartbeat>(&body).unwrap(), hb, "{n} devices"),
+            Ok(body) => assert_eq!(
+                codec::decode::<Heartbeat>(&body).unwrap(),
+                hb,
+                "{n} devices"
+            ),
             Err(e) => {
                 assert!(n >= 4_900, "{n} devices must encode: {e}");
                 assert!(matches!(e, codec::CodecError::OverBudget { .. }), "{e}");

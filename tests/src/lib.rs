@@ -59,12 +59,18 @@ impl TestCommander {
         Self::start_with(data_dir, quic, |_| {}).await
     }
 
-    pub async fn start_with(data_dir: &Path, quic: Option<SocketAddr>, tune: impl FnOnce(&mut CommanderConfig)) -> Self {
+    pub async fn start_with(
+        data_dir: &Path,
+        quic: Option<SocketAddr>,
+        tune: impl FnOnce(&mut CommanderConfig),
+    ) -> Self {
         let mut config = CommanderConfig::new(data_dir.to_path_buf());
         config.quic_listen = quic.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         config.http_listen = "127.0.0.1:0".parse().unwrap();
         tune(&mut config);
-        let running = hashfleet_commander::start(config).await.expect("commander starts");
+        let running = hashfleet_commander::start(config)
+            .await
+            .expect("commander starts");
         TestCommander {
             http: format!("http://{}", running.http_addr),
             quic: running.quic_addr,
@@ -83,7 +89,13 @@ impl TestCommander {
         }
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value) {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
         let mut req = self.client.request(method, format!("{}{path}", self.http));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -94,40 +106,60 @@ impl TestCommander {
         let resp = req.send().await.expect("HTTP request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.request(reqwest::Method::GET, path, None, Some(&self.token)).await;
+        let (status, body) = self
+            .request(reqwest::Method::GET, path, None, Some(&self.token))
+            .await;
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.request(reqwest::Method::POST, path, Some(body), Some(&self.token)).await
+        self.request(reqwest::Method::POST, path, Some(body), Some(&self.token))
+            .await
     }
 
     pub async fn enrollment_token(&self, uses: u32) -> String {
         let (status, body) = self
-            .post("/api/v1/enrollment-tokens", serde_json::json!({"uses": uses, "ttl_secs": 600}))
+            .post(
+                "/api/v1/enrollment-tokens",
+                serde_json::json!({"uses": uses, "ttl_secs": 600}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body["token"].as_str().expect("token").to_string()
     }
 
     pub async fn sentries(&self) -> Vec<Value> {
-        self.get("/api/v1/sentries").await.as_array().cloned().unwrap_or_default()
+        self.get("/api/v1/sentries")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The sentry with this node id, if the commander knows it.
     pub async fn sentry_by_node(&self, node: &NodeId) -> Option<Value> {
         let node = node.to_string();
-        self.sentries().await.into_iter().find(|s| s["node_id"] == node.as_str())
+        self.sentries()
+            .await
+            .into_iter()
+            .find(|s| s["node_id"] == node.as_str())
     }
 
     /// Seqs stored for a sentry, ascending.
     pub async fn stored_seqs(&self, sentry_id: &str) -> Vec<u64> {
-        let body = self.get(&format!("/api/v1/sentries/{sentry_id}/heartbeats?limit=10000")).await;
+        let body = self
+            .get(&format!(
+                "/api/v1/sentries/{sentry_id}/heartbeats?limit=10000"
+            ))
+            .await;
         let mut seqs: Vec<u64> = body
             .as_array()
             .expect("array")
@@ -140,7 +172,9 @@ impl TestCommander {
 
     /// A sample from `/metrics`, e.g. `hashfleet_heartbeats_total{result="replay"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let (status, body) = self.request(reqwest::Method::GET, "/metrics", None, Some(&self.token)).await;
+        let (status, body) = self
+            .request(reqwest::Method::GET, "/metrics", None, Some(&self.token))
+            .await;
         assert_eq!(status, 200);
         let text = body.as_str().expect("metrics text").to_string();
         parse_metric(&text, series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
@@ -165,7 +199,10 @@ impl TestCommander {
 pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -199,7 +236,9 @@ impl TestSentry {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("sentry task").expect("sentry ends cleanly");
+            task.await
+                .expect("sentry task")
+                .expect("sentry ends cleanly");
         }
     }
 }

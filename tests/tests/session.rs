@@ -25,7 +25,12 @@ fn hello(token: Option<String>) -> HelloParams {
     }
 }
 
-async fn raw_session(c: &TestCommander, identity: &Identity, pins: &[NodeId], token: Option<String>) -> Result<Session, SessionError> {
+async fn raw_session(
+    c: &TestCommander,
+    identity: &Identity,
+    pins: &[NodeId],
+    token: Option<String>,
+) -> Result<Session, SessionError> {
     let endpoint = client_endpoint(c.quic).unwrap();
     Session::establish(&endpoint, identity, c.quic, pins, hello(token)).await
 }
@@ -57,21 +62,31 @@ async fn token_enrollment_stores_heartbeats() {
     let mut sentry = TestSentry::start(c.sentry_config(&dir.path().join("s"), Some(token.clone())));
 
     wait_until(WAIT, "3 heartbeats stored", || async {
-        c.sentry_by_node(&sentry.node_id).await.is_some_and(|s| s["heartbeats"].as_u64() >= Some(3))
+        c.sentry_by_node(&sentry.node_id)
+            .await
+            .is_some_and(|s| s["heartbeats"].as_u64() >= Some(3))
     })
     .await;
     let s = c.sentry_by_node(&sentry.node_id).await.unwrap();
     assert_eq!(s["status"], "approved");
     assert_eq!(s["kind"], "host");
     assert_eq!(s["connected"], true);
-    assert_eq!(s["wallet_address"], sentry.status.get().wallet_address.as_str());
+    assert_eq!(
+        s["wallet_address"],
+        sentry.status.get().wallet_address.as_str()
+    );
     let id = s["sentry_id"].as_str().unwrap();
 
     // The host device carries the sysinfo snapshot, keyed by the sentry id.
-    let hbs = c.get(&format!("/api/v1/sentries/{id}/heartbeats?limit=2")).await;
+    let hbs = c
+        .get(&format!("/api/v1/sentries/{id}/heartbeats?limit=2"))
+        .await;
     let hbs = hbs.as_array().unwrap();
     assert_eq!(hbs.len(), 2);
-    assert!(hbs[0]["seq"].as_u64() > hbs[1]["seq"].as_u64(), "newest first");
+    assert!(
+        hbs[0]["seq"].as_u64() > hbs[1]["seq"].as_u64(),
+        "newest first"
+    );
     let device = &hbs[0]["snapshot"]["devices"][0];
     assert_eq!(device["type"], "host");
     assert_eq!(device["id"], id);
@@ -80,8 +95,20 @@ async fn token_enrollment_stores_heartbeats() {
 
     // The token had one use: a second sentry with it is refused.
     let other = Identity::generate();
-    let err = raw_session(&c, &other, &[c.node_id], Some(token)).await.err().expect("refused");
-    assert!(matches!(err, SessionError::Rejected { code: RejectCode::EnrollTokenInvalid, .. }), "{err}");
+    let err = raw_session(&c, &other, &[c.node_id], Some(token))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            SessionError::Rejected {
+                code: RejectCode::EnrollTokenInvalid,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     sentry.stop().await;
     let mut c = c;
@@ -96,23 +123,35 @@ async fn pending_sentry_is_stored_only_after_approval() {
     let mut sentry = TestSentry::start(c.sentry_config(&dir.path().join("s"), None));
 
     wait_until(WAIT, "sentry known as pending", || async {
-        c.sentry_by_node(&sentry.node_id).await.is_some_and(|s| s["status"] == "pending")
+        c.sentry_by_node(&sentry.node_id)
+            .await
+            .is_some_and(|s| s["status"] == "pending")
     })
     .await;
     // Pending: heartbeats are produced and kept in the outbox, not stored.
-    wait_until(WAIT, "outbox fills", || async { sentry.status.get().outbox_len >= 3 }).await;
+    wait_until(WAIT, "outbox fills", || async {
+        sentry.status.get().outbox_len >= 3
+    })
+    .await;
     let s = c.sentry_by_node(&sentry.node_id).await.unwrap();
     assert_eq!(s["heartbeats"], 0);
     assert!(!sentry.status.get().approved);
 
     let id = s["sentry_id"].as_str().unwrap().to_string();
-    let (status, body) = c.post(&format!("/api/v1/sentries/{id}/approve"), serde_json::json!({})).await;
+    let (status, body) = c
+        .post(
+            &format!("/api/v1/sentries/{id}/approve"),
+            serde_json::json!({}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "approved");
 
     // The live session learns of it; the backlog arrives, from seq 1, without gaps.
     wait_until(WAIT, "backlog stored", || async {
-        c.sentry_by_node(&sentry.node_id).await.is_some_and(|s| s["heartbeats"].as_u64() >= Some(5))
+        c.sentry_by_node(&sentry.node_id)
+            .await
+            .is_some_and(|s| s["heartbeats"].as_u64() >= Some(5))
     })
     .await;
     assert!(sentry.status.get().approved);
@@ -131,11 +170,23 @@ async fn wrong_pinned_commander_key_is_refused_with_a_clear_message() {
     let mut c = TestCommander::start_in(&dir.path().join("c"), None).await;
     let identity = Identity::generate();
     let wrong = NodeKey::generate().node_id();
-    let err = raw_session(&c, &identity, &[wrong], None).await.err().expect("refused");
+    let err = raw_session(&c, &identity, &[wrong], None)
+        .await
+        .err()
+        .expect("refused");
     let text = err.to_string();
-    assert!(matches!(err, SessionError::NotPinned { presented, .. } if presented == c.node_id), "{text}");
-    assert!(text.contains(&c.node_id.public_key_hex()), "names the presented key: {text}");
-    assert!(text.contains(&wrong.public_key_hex()), "names the pinned key: {text}");
+    assert!(
+        matches!(err, SessionError::NotPinned { presented, .. } if presented == c.node_id),
+        "{text}"
+    );
+    assert!(
+        text.contains(&c.node_id.public_key_hex()),
+        "names the presented key: {text}"
+    );
+    assert!(
+        text.contains(&wrong.public_key_hex()),
+        "names the pinned key: {text}"
+    );
     assert!(text.contains("--commander-key"), "says what to do: {text}");
 
     // The runtime reports the same in its status, and never reaches the commander's store.
@@ -143,7 +194,11 @@ async fn wrong_pinned_commander_key_is_refused_with_a_clear_message() {
     config.commanders[0].keys = vec![wrong];
     let mut sentry = TestSentry::start(config);
     wait_until(WAIT, "pin error reported", || async {
-        sentry.status.get().last_error.is_some_and(|e| e.contains("not pinned"))
+        sentry
+            .status
+            .get()
+            .last_error
+            .is_some_and(|e| e.contains("not pinned"))
     })
     .await;
     assert!(c.sentries().await.is_empty());
@@ -158,47 +213,86 @@ async fn replayed_tampered_and_foreign_heartbeats_are_rejected_and_counted() {
     let mut c = TestCommander::start_in(&dir.path().join("c"), None).await;
     let token = c.enrollment_token(1).await;
     let me = Identity::generate();
-    let mut s = raw_session(&c, &me, &[c.node_id], Some(token)).await.unwrap();
+    let mut s = raw_session(&c, &me, &[c.node_id], Some(token))
+        .await
+        .unwrap();
     assert_eq!(s.welcome.status, SentryStatus::Approved);
     assert_eq!(s.welcome.last_seq, 0);
 
-    s.tx.send(&heartbeat(&me.node, me.node_id(), 1)).await.unwrap();
+    s.tx.send(&heartbeat(&me.node, me.node_id(), 1))
+        .await
+        .unwrap();
     assert!(matches!(next(&mut s).await, CommanderMessage::Ack(a) if a.seq == 1));
 
     // Replay of seq 1, and an older seq.
-    s.tx.send(&heartbeat(&me.node, me.node_id(), 1)).await.unwrap();
-    assert!(matches!(next(&mut s).await, CommanderMessage::Nack(n) if n.reason == NackReason::Replay && n.last_seq == 1));
+    s.tx.send(&heartbeat(&me.node, me.node_id(), 1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut s).await, CommanderMessage::Nack(n) if n.reason == NackReason::Replay && n.last_seq == 1)
+    );
 
     // Tampered: one payload byte flipped after signing.
-    let SentryMessage::Heartbeat(mut signed) = heartbeat(&me.node, me.node_id(), 2) else { unreachable!() };
+    let SentryMessage::Heartbeat(mut signed) = heartbeat(&me.node, me.node_id(), 2) else {
+        unreachable!()
+    };
     let last = signed.payload.len() - 1;
     signed.payload[last] ^= 0x01;
     s.tx.send(&SentryMessage::Heartbeat(signed)).await.unwrap();
-    assert!(matches!(next(&mut s).await, CommanderMessage::Nack(n) if matches!(n.reason, NackReason::BadSignature | NackReason::Malformed)));
+    assert!(
+        matches!(next(&mut s).await, CommanderMessage::Nack(n) if matches!(n.reason, NackReason::BadSignature | NackReason::Malformed))
+    );
 
     // Signed by a foreign key, for its own node.
     let stranger = NodeKey::generate();
-    s.tx.send(&heartbeat(&stranger, stranger.node_id(), 2)).await.unwrap();
-    assert!(matches!(next(&mut s).await, CommanderMessage::Nack(n) if n.reason == NackReason::ForeignNode));
+    s.tx.send(&heartbeat(&stranger, stranger.node_id(), 2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut s).await, CommanderMessage::Nack(n) if n.reason == NackReason::ForeignNode)
+    );
 
     // Signed by a foreign key, claiming our node.
-    s.tx.send(&heartbeat(&stranger, me.node_id(), 2)).await.unwrap();
-    assert!(matches!(next(&mut s).await, CommanderMessage::Nack(n) if n.reason == NackReason::BadSignature));
+    s.tx.send(&heartbeat(&stranger, me.node_id(), 2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut s).await, CommanderMessage::Nack(n) if n.reason == NackReason::BadSignature)
+    );
 
     // The session survives all that; a good heartbeat still lands.
-    s.tx.send(&heartbeat(&me.node, me.node_id(), 2)).await.unwrap();
+    s.tx.send(&heartbeat(&me.node, me.node_id(), 2))
+        .await
+        .unwrap();
     assert!(matches!(next(&mut s).await, CommanderMessage::Ack(a) if a.seq == 2));
 
-    assert_eq!(c.metric("hashfleet_heartbeats_total{result=\"ok\"}").await, 2.0);
-    assert_eq!(c.metric("hashfleet_heartbeats_total{result=\"replay\"}").await, 1.0);
-    assert_eq!(c.metric("hashfleet_heartbeats_total{result=\"foreign\"}").await, 1.0);
-    let bad = c.metric("hashfleet_heartbeats_total{result=\"bad_sig\"}").await
-        + c.metric("hashfleet_heartbeats_total{result=\"malformed\"}").await;
+    assert_eq!(
+        c.metric("hashfleet_heartbeats_total{result=\"ok\"}").await,
+        2.0
+    );
+    assert_eq!(
+        c.metric("hashfleet_heartbeats_total{result=\"replay\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        c.metric("hashfleet_heartbeats_total{result=\"foreign\"}")
+            .await,
+        1.0
+    );
+    let bad = c
+        .metric("hashfleet_heartbeats_total{result=\"bad_sig\"}")
+        .await
+        + c.metric("hashfleet_heartbeats_total{result=\"malformed\"}")
+            .await;
     assert_eq!(bad, 2.0);
 
     let sentry = c.sentry_by_node(&me.node_id()).await.unwrap();
     assert_eq!(sentry["heartbeats"], 2);
-    assert_eq!(c.stored_seqs(sentry["sentry_id"].as_str().unwrap()).await, vec![1, 2]);
+    assert_eq!(
+        c.stored_seqs(sentry["sentry_id"].as_str().unwrap()).await,
+        vec![1, 2]
+    );
     s.close("done");
     c.stop().await;
 }
@@ -211,10 +305,20 @@ async fn revoked_sentry_is_cut_off_and_refused_after_restart() {
     let mut c = TestCommander::start_in(&data, None).await;
     let token = c.enrollment_token(1).await;
     let me = Identity::generate();
-    let mut s = raw_session(&c, &me, &[c.node_id], Some(token)).await.unwrap();
-    let id = c.sentry_by_node(&me.node_id()).await.unwrap()["sentry_id"].as_str().unwrap().to_string();
+    let mut s = raw_session(&c, &me, &[c.node_id], Some(token))
+        .await
+        .unwrap();
+    let id = c.sentry_by_node(&me.node_id()).await.unwrap()["sentry_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
-    let (status, body) = c.post(&format!("/api/v1/sentries/{id}/revoke"), serde_json::json!({})).await;
+    let (status, body) = c
+        .post(
+            &format!("/api/v1/sentries/{id}/revoke"),
+            serde_json::json!({}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "revoked");
     // The live session is closed at once.
@@ -229,19 +333,37 @@ async fn revoked_sentry_is_cut_off_and_refused_after_restart() {
     })
     .await
     .expect("session closed promptly");
-    assert!(ended.contains("Revoked") || ended.contains("revoked"), "{ended}");
+    assert!(
+        ended.contains("Revoked") || ended.contains("revoked"),
+        "{ended}"
+    );
 
     // Refused at TLS while running, and after a restart.
-    let err = raw_session(&c, &me, &[c.node_id], None).await.err().expect("refused");
+    let err = raw_session(&c, &me, &[c.node_id], None)
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(err, SessionError::TlsRefused { .. }), "{err}");
     c.stop().await;
     let mut c = TestCommander::start_in(&data, None).await;
-    let err = raw_session(&c, &me, &[c.node_id], None).await.err().expect("refused after restart");
+    let err = raw_session(&c, &me, &[c.node_id], None)
+        .await
+        .err()
+        .expect("refused after restart");
     assert!(matches!(err, SessionError::TlsRefused { .. }), "{err}");
     assert!(err.to_string().contains("revoked"), "{err}");
-    assert!(c.metric("hashfleet_handshakes_total{result=\"tls_refused\"}").await >= 1.0);
+    assert!(
+        c.metric("hashfleet_handshakes_total{result=\"tls_refused\"}")
+            .await
+            >= 1.0
+    );
     // Approving a revoked sentry is refused too.
-    let (status, body) = c.post(&format!("/api/v1/sentries/{id}/approve"), serde_json::json!({})).await;
+    let (status, body) = c
+        .post(
+            &format!("/api/v1/sentries/{id}/approve"),
+            serde_json::json!({}),
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     c.stop().await;
 }
@@ -257,17 +379,24 @@ async fn sessions_survive_rechallenges_and_a_new_session_replaces_the_old() {
     let token = c.enrollment_token(1).await;
     let mut sentry = TestSentry::start(c.sentry_config(&dir.path().join("s"), Some(token)));
     wait_until(WAIT, "heartbeats across 3 re-challenges", || async {
-        c.sentry_by_node(&sentry.node_id).await.is_some_and(|s| s["heartbeats"].as_u64() >= Some(18))
+        c.sentry_by_node(&sentry.node_id)
+            .await
+            .is_some_and(|s| s["heartbeats"].as_u64() >= Some(18))
     })
     .await;
     // Still the first session: no reconnects happened.
-    assert_eq!(c.metric("hashfleet_handshakes_total{result=\"ok\"}").await, 1.0);
+    assert_eq!(
+        c.metric("hashfleet_handshakes_total{result=\"ok\"}").await,
+        1.0
+    );
     sentry.stop().await;
 
     // Two sessions of one node: the newer wins.
     let me = Identity::generate();
     let token = c.enrollment_token(1).await;
-    let mut first = raw_session(&c, &me, &[c.node_id], Some(token)).await.unwrap();
+    let mut first = raw_session(&c, &me, &[c.node_id], Some(token))
+        .await
+        .unwrap();
     let _second = raw_session(&c, &me, &[c.node_id], None).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -287,29 +416,76 @@ async fn api_requires_a_bearer_token_and_validates_input() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut c = TestCommander::start_in(&dir.path().join("c"), None).await;
-    let (status, _) = c.request(reqwest::Method::GET, "/healthz", None, None).await;
+    let (status, _) = c
+        .request(reqwest::Method::GET, "/healthz", None, None)
+        .await;
     assert_eq!(status, 200);
     for path in ["/api/v1/sentries", "/metrics", "/api/v1/nope"] {
         let (status, body) = c.request(reqwest::Method::GET, path, None, None).await;
         assert_eq!(status, 401, "{path}");
         assert_eq!(body["code"], "ERR_UNAUTHORIZED");
-        let (status, _) = c.request(reqwest::Method::GET, path, None, Some("hfa_wrong")).await;
+        let (status, _) = c
+            .request(reqwest::Method::GET, path, None, Some("hfa_wrong"))
+            .await;
         assert_eq!(status, 401, "{path}");
     }
     let (status, _) = c
-        .request(reqwest::Method::POST, "/api/v1/enrollment-tokens", Some(serde_json::json!({"uses":1,"ttl_secs":60})), None)
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(serde_json::json!({"uses":1,"ttl_secs":60})),
+            None,
+        )
         .await;
     assert_eq!(status, 401, "no unauthenticated writes");
 
-    let (status, body) = c.post("/api/v1/enrollment-tokens", serde_json::json!({"uses": 0, "ttl_secs": 60})).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("ERR_PARAMS_INVALID")));
-    let (status, body) = c.post("/api/v1/enrollment-tokens", serde_json::json!({"uses": 1})).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("ERR_PAYLOAD_INVALID")), "{body}");
-    let (status, body) = c.request(reqwest::Method::GET, "/api/v1/sentries/zz", None, Some(&c.token)).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("ERR_PARAMS_INVALID")));
-    let (status, _) = c.request(reqwest::Method::GET, "/api/v1/sentries/00000000000000ff", None, Some(&c.token)).await;
+    let (status, body) = c
+        .post(
+            "/api/v1/enrollment-tokens",
+            serde_json::json!({"uses": 0, "ttl_secs": 60}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("ERR_PARAMS_INVALID"))
+    );
+    let (status, body) = c
+        .post("/api/v1/enrollment-tokens", serde_json::json!({"uses": 1}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("ERR_PAYLOAD_INVALID")),
+        "{body}"
+    );
+    let (status, body) = c
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/sentries/zz",
+            None,
+            Some(&c.token),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("ERR_PARAMS_INVALID"))
+    );
+    let (status, _) = c
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/sentries/00000000000000ff",
+            None,
+            Some(&c.token),
+        )
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = c.request(reqwest::Method::GET, "/api/v1/sentries?limit=0", None, Some(&c.token)).await;
+    let (status, _) = c
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/sentries?limit=0",
+            None,
+            Some(&c.token),
+        )
+        .await;
     assert_eq!(status, 400);
     // An oversized body is refused, not buffered.
     let big = serde_json::json!({"uses": 1, "ttl_secs": 60, "pad": "x".repeat(200_000)});

@@ -19,14 +19,16 @@ pub async fn require_token(State(app): State<Arc<App>>, request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok = presented.is_some_and(|token| bool::from(token_hash(token).ct_eq(&app.admin_token_hash)));
+    let ok =
+        presented.is_some_and(|token| bool::from(token_hash(token).ct_eq(&app.admin_token_hash)));
     if ok {
         next.run(request).await
     } else {
         let mut response = ApiError::unauthorized().into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
         response
     }
 }

@@ -9,7 +9,8 @@ use crate::store::{HeartbeatRecord, ProgressRecord, SentryRecord};
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 pub fn sentry_id_text(id: u64) -> String {

@@ -70,7 +70,11 @@ impl From<tokio::task::JoinError> for ApiError {
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "ERR_PAYLOAD_TOO_LARGE", "request body is larger than 64 KiB")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "ERR_PAYLOAD_TOO_LARGE",
+                "request body is larger than 64 KiB",
+            )
         } else {
             ApiError::payload(e.body_text())
         }

@@ -39,7 +39,10 @@ pub fn router(app: Arc<App>) -> Router {
     let protected = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token));
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -51,18 +54,28 @@ pub fn router(app: Arc<App>) -> Router {
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let store = app.store.clone();
     let (bytes, sentries) = tokio::task::spawn_blocking(move || {
-        (store.size_on_disk().unwrap_or(0), store.sentry_count().unwrap_or(0))
+        (
+            store.size_on_disk().unwrap_or(0),
+            store.sentry_count().unwrap_or(0),
+        )
     })
     .await
     .unwrap_or((0, 0));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.metrics.render(bytes, sentries),
     )
 }
 
 /// Serves HTTP until `stop` turns true.
-pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let result = axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

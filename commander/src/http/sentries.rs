@@ -38,12 +38,19 @@ fn parse_id(text: &str) -> Result<u64, ApiError> {
     u64::from_str_radix(text, 16)
         .ok()
         .filter(|_| text.len() == 16)
-        .ok_or_else(|| ApiError::params(format!("`{}` is not a sentry id (16 hex digits, as GET /api/v1/sentries lists)", text.chars().take(40).collect::<String>())))
+        .ok_or_else(|| {
+            ApiError::params(format!(
+                "`{}` is not a sentry id (16 hex digits, as GET /api/v1/sentries lists)",
+                text.chars().take(40).collect::<String>()
+            ))
+        })
 }
 
 fn dto(app: &App, record: &SentryRecord) -> Result<SentryDto, ApiError> {
     let progress = app.store.progress(record.sentry_id)?;
-    let connected = app.sessions.is_connected(&NodeId::from_public_key(record.node_key));
+    let connected = app
+        .sessions
+        .is_connected(&NodeId::from_public_key(record.node_key));
     Ok(SentryDto::new(record, &progress, connected))
 }
 
@@ -60,13 +67,18 @@ pub async fn list(
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
-        return Err(ApiError::params(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
+        return Err(ApiError::params(format!(
+            "limit must be between 1 and {MAX_LIST_LIMIT}"
+        )));
     }
     let offset = q.offset.unwrap_or(0);
     let app2 = app.clone();
     let (total, dtos) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let records = app2.store.sentries(offset, limit)?;
-        let dtos = records.iter().map(|r| dto(&app2, r)).collect::<Result<Vec<_>, _>>()?;
+        let dtos = records
+            .iter()
+            .map(|r| dto(&app2, r))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((app2.store.sentry_count()?, dtos))
     })
     .await??;
@@ -75,12 +87,18 @@ pub async fn list(
     Ok((headers, Json(dtos)))
 }
 
-pub async fn get_one(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<SentryDto>, ApiError> {
+pub async fn get_one(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<SentryDto>, ApiError> {
     let id = parse_id(&id)?;
     tokio::task::spawn_blocking(move || dto(&app, &load(&app, id)?).map(Json)).await?
 }
 
-pub async fn approve(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<SentryDto>, ApiError> {
+pub async fn approve(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<SentryDto>, ApiError> {
     let id = parse_id(&id)?;
     tokio::task::spawn_blocking(move || {
         let mut record = load(&app, id)?;
@@ -107,7 +125,10 @@ pub async fn approve(State(app): State<Arc<App>>, Path(id): Path<String>) -> Res
     .await?
 }
 
-pub async fn revoke(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<SentryDto>, ApiError> {
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<SentryDto>, ApiError> {
     let id = parse_id(&id)?;
     tokio::task::spawn_blocking(move || {
         let mut record = load(&app, id)?;
@@ -117,11 +138,16 @@ pub async fn revoke(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resu
             app.store.put_sentry(&record)?;
             info!(sentry_id = format!("{id:016x}"), "sentry revoked");
         }
-        for key in std::iter::once(record.node_key).chain(record.previous_node_keys.iter().copied()) {
+        for key in std::iter::once(record.node_key).chain(record.previous_node_keys.iter().copied())
+        {
             let node = NodeId::from_public_key(key);
             app.revoked.insert(node);
             if !app.sessions.tell(&node, Control::Revoked) {
-                app.sessions.close(&node, close::REVOKED, "this sentry was revoked by an operator");
+                app.sessions.close(
+                    &node,
+                    close::REVOKED,
+                    "this sentry was revoked by an operator",
+                );
             }
         }
         dto(&app, &record).map(Json)
@@ -138,7 +164,9 @@ pub async fn heartbeats(
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(DEFAULT_HEARTBEATS);
     if limit == 0 || limit > MAX_HEARTBEATS {
-        return Err(ApiError::params(format!("limit must be between 1 and {MAX_HEARTBEATS}")));
+        return Err(ApiError::params(format!(
+            "limit must be between 1 and {MAX_HEARTBEATS}"
+        )));
     }
     tokio::task::spawn_blocking(move || {
         load(&app, id)?;

@@ -24,10 +24,14 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<TokenDto>), ApiError> {
     let Json(req) = body?;
     if req.uses == 0 || req.uses > MAX_USES {
-        return Err(ApiError::params(format!("uses must be between 1 and {MAX_USES}")));
+        return Err(ApiError::params(format!(
+            "uses must be between 1 and {MAX_USES}"
+        )));
     }
     if req.ttl_secs == 0 || req.ttl_secs > MAX_TTL_SECS {
-        return Err(ApiError::params(format!("ttl_secs must be between 1 and {MAX_TTL_SECS} (30 days)")));
+        return Err(ApiError::params(format!(
+            "ttl_secs must be between 1 and {MAX_TTL_SECS} (30 days)"
+        )));
     }
     let token = generate_token("hfe_");
     let now = now_ms();

@@ -33,7 +33,10 @@ fn derive(key: &NodeKey, purpose: &[u8]) -> [u8; 32] {
 
 /// The stateless-reset HMAC key.
 fn reset_key(key: &NodeKey) -> ring::hmac::Key {
-    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(key, b"hashfleet/v1/stateless-reset"))
+    ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &derive(key, b"hashfleet/v1/stateless-reset"),
+    )
 }
 
 /// The key of quinn's hashed connection-ID generator.
@@ -53,7 +56,11 @@ fn transport_config() -> quinn::TransportConfig {
 }
 
 /// Binds the QUIC endpoint.
-pub fn bind(key: &NodeKey, revoked: RevokedKeys, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+pub fn bind(
+    key: &NodeKey,
+    revoked: RevokedKeys,
+    addr: SocketAddr,
+) -> anyhow::Result<quinn::Endpoint> {
     let tls = tls::server_config(key, Arc::new(revoked))?;
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
@@ -76,7 +83,11 @@ pub fn bind(key: &NodeKey, revoked: RevokedKeys, addr: SocketAddr) -> anyhow::Re
 }
 
 /// Accepts connections until `stop` turns true.
-pub async fn accept_loop(app: Arc<App>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    app: Arc<App>,
+    endpoint: quinn::Endpoint,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {

@@ -110,7 +110,8 @@ impl Failure {
 }
 
 async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Established, Failure> {
-    let peer = peer_node(conn).ok_or_else(|| Failure::plain("protocol_error", "no raw public key"))?;
+    let peer =
+        peer_node(conn).ok_or_else(|| Failure::plain("protocol_error", "no raw public key"))?;
     let mut exporter = [0u8; 32];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| Failure::plain("protocol_error", "TLS exporter unavailable"))?;
@@ -122,20 +123,30 @@ async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Establish
     let mut rx = FramedRecv::<SentryMessage>::new(recv);
     let hello = match rx.recv().await {
         Ok(SentryMessage::Hello(h)) => h,
-        Ok(_) => return Err(Failure::plain("protocol_error", "first message is not Hello")),
+        Ok(_) => {
+            return Err(Failure::plain(
+                "protocol_error",
+                "first message is not Hello",
+            ))
+        }
         Err(e) => return Err(Failure::plain("protocol_error", e.to_string())),
     };
-    let (pending, challenge) =
-        match CommanderHandshake::on_hello(hello, &peer, exporter, &app.identity.node, random_bytes()) {
-            Ok(v) => v,
-            Err(reject) => {
-                return Err(Failure {
-                    metric: "rejected",
-                    reason: reject.message.clone(),
-                    reject: Some((tx, reject)),
-                })
-            }
-        };
+    let (pending, challenge) = match CommanderHandshake::on_hello(
+        hello,
+        &peer,
+        exporter,
+        &app.identity.node,
+        random_bytes(),
+    ) {
+        Ok(v) => v,
+        Err(reject) => {
+            return Err(Failure {
+                metric: "rejected",
+                reason: reject.message.clone(),
+                reject: Some((tx, reject)),
+            })
+        }
+    };
     tx.send(&CommanderMessage::Challenge(challenge))
         .await
         .map_err(|e| Failure::plain("protocol_error", e.to_string()))?;
@@ -156,9 +167,10 @@ async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Establish
     };
     let store = app.store.clone();
     let hello2 = hello.clone();
-    let admitted = tokio::task::spawn_blocking(move || enroll::admit(store.as_ref(), &hello2, now_ms()))
-        .await
-        .map_err(|e| Failure::plain("store_error", e.to_string()))?;
+    let admitted =
+        tokio::task::spawn_blocking(move || enroll::admit(store.as_ref(), &hello2, now_ms()))
+            .await
+            .map_err(|e| Failure::plain("store_error", e.to_string()))?;
     let admitted = match admitted {
         Ok(Ok(a)) => a,
         Ok(Err(reject)) => {

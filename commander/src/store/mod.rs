@@ -68,7 +68,11 @@ pub trait Store: Send + Sync + 'static {
     /// flushes to disk.
     fn append_heartbeats(&self, batch: &[HeartbeatWrite]) -> Result<(), StoreError>;
     /// Up to `limit` heartbeats of a sentry, newest first.
-    fn recent_heartbeats(&self, sentry_id: u64, limit: usize) -> Result<Vec<HeartbeatRecord>, StoreError>;
+    fn recent_heartbeats(
+        &self,
+        sentry_id: u64,
+        limit: usize,
+    ) -> Result<Vec<HeartbeatRecord>, StoreError>;
 
     /// Node keys of every revoked sentry (loaded at start for TLS refusal).
     fn revoked_keys(&self) -> Result<Vec<[u8; 32]>, StoreError>;

@@ -107,7 +107,8 @@ fn config() -> impl bincode::config::Config {
 /// `version ‖ bincode(record)`.
 pub fn encode<T: Encode>(record: &T) -> Vec<u8> {
     let mut out = vec![SCHEMA_VERSION];
-    bincode::encode_into_std_write(record, &mut out, config()).expect("encoding to a Vec cannot fail");
+    bincode::encode_into_std_write(record, &mut out, config())
+        .expect("encoding to a Vec cannot fail");
     out
 }
 

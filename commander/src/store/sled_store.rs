@@ -7,7 +7,9 @@ use hashfleet_shared::NodeId;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::records::{self, HeartbeatRecord, ProgressRecord, SentryRecord, SentryState, TokenRecord};
+use super::records::{
+    self, HeartbeatRecord, ProgressRecord, SentryRecord, SentryState, TokenRecord,
+};
 use super::{HeartbeatWrite, Store, StoreError, TokenUse};
 
 const SENTRIES: &str = "sentries";
@@ -63,7 +65,9 @@ impl Store for SledStore {
 
     fn sentry_id_for_node(&self, node: &NodeId) -> Result<Option<u64>, StoreError> {
         match self.node_keys.get(node.public_key())? {
-            Some(v) if v.len() == 8 => Ok(Some(u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")))),
+            Some(v) if v.len() == 8 => Ok(Some(u64::from_be_bytes(
+                v.as_ref().try_into().expect("8 bytes"),
+            ))),
             Some(_) => Err(StoreError::Corrupt {
                 tree: NODE_KEYS,
                 reason: "sentry id is not 8 bytes".into(),
@@ -135,9 +139,9 @@ impl Store for SledStore {
                 uses_left: record.uses_left - 1,
                 ..record
             };
-            let swapped = self
-                .tokens
-                .compare_and_swap(hash, Some(&current), Some(records::encode(&next)))?;
+            let swapped =
+                self.tokens
+                    .compare_and_swap(hash, Some(&current), Some(records::encode(&next)))?;
             if swapped.is_ok() {
                 self.db.flush()?;
                 return Ok(TokenUse::Used);
@@ -151,7 +155,12 @@ impl Store for SledStore {
         }
         let encoded: Vec<([u8; 16], Vec<u8>)> = batch
             .iter()
-            .map(|w| (heartbeat_key(w.sentry_id, w.record.seq), records::encode(&w.record)))
+            .map(|w| {
+                (
+                    heartbeat_key(w.sentry_id, w.record.seq),
+                    records::encode(&w.record),
+                )
+            })
             .collect();
         // Per sentry: highest seq, count, last receipt.
         let mut touched: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
@@ -169,7 +178,8 @@ impl Store for SledStore {
                 for (id, (last_seq, count, last_seen)) in &touched {
                     let key = id.to_be_bytes();
                     let mut p: ProgressRecord = match progress.get(key)? {
-                        Some(v) => records::decode(PROGRESS, &v).map_err(ConflictableTransactionError::Abort)?,
+                        Some(v) => records::decode(PROGRESS, &v)
+                            .map_err(ConflictableTransactionError::Abort)?,
                         None => ProgressRecord::default(),
                     };
                     p.last_seq = p.last_seq.max(*last_seq);
@@ -184,7 +194,11 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn recent_heartbeats(&self, sentry_id: u64, limit: usize) -> Result<Vec<HeartbeatRecord>, StoreError> {
+    fn recent_heartbeats(
+        &self,
+        sentry_id: u64,
+        limit: usize,
+    ) -> Result<Vec<HeartbeatRecord>, StoreError> {
         self.heartbeats
             .scan_prefix(sentry_id.to_be_bytes())
             .rev()
@@ -268,7 +282,12 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let p = store.progress(7).unwrap();
         assert_eq!((p.last_seq, p.heartbeats, p.last_seen_ms), (3, 3, 3005));
-        let recent: Vec<u64> = store.recent_heartbeats(7, 10).unwrap().iter().map(|h| h.seq).collect();
+        let recent: Vec<u64> = store
+            .recent_heartbeats(7, 10)
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect();
         assert_eq!(recent, vec![3, 2, 1]);
         assert_eq!(store.recent_heartbeats(7, 2).unwrap().len(), 2);
         assert_eq!(store.progress(9).unwrap(), ProgressRecord::default());
@@ -280,14 +299,28 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let h = [1u8; 32];
         store
-            .put_token(&h, &TokenRecord { uses_left: 2, expires_ms: 1000, created_ms: 0 })
+            .put_token(
+                &h,
+                &TokenRecord {
+                    uses_left: 2,
+                    expires_ms: 1000,
+                    created_ms: 0,
+                },
+            )
             .unwrap();
         assert_eq!(store.use_token(&h, 10).unwrap(), TokenUse::Used);
         assert_eq!(store.use_token(&h, 10).unwrap(), TokenUse::Used);
         assert_eq!(store.use_token(&h, 10).unwrap(), TokenUse::UsedUp);
         assert_eq!(store.use_token(&[2u8; 32], 10).unwrap(), TokenUse::Unknown);
         store
-            .put_token(&h, &TokenRecord { uses_left: 2, expires_ms: 1000, created_ms: 0 })
+            .put_token(
+                &h,
+                &TokenRecord {
+                    uses_left: 2,
+                    expires_ms: 1000,
+                    created_ms: 0,
+                },
+            )
             .unwrap();
         assert_eq!(store.use_token(&h, 1000).unwrap(), TokenUse::Expired);
     }

@@ -52,11 +52,17 @@ pub struct CommonFile {
 
 /// Reads a TOML file into `T` with a size bound and a clear error.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     if meta.len() > MAX_CONFIG_BYTES {
-        anyhow::bail!("config {} is {} bytes; a config file is at most 1 MiB", path.display(), meta.len());
+        anyhow::bail!(
+            "config {} is {} bytes; a config file is at most 1 MiB",
+            path.display(),
+            meta.len()
+        );
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
 }
 

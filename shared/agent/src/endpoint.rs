@@ -15,7 +15,9 @@ pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
-        IDLE_TIMEOUT.try_into().expect("idle timeout fits a QUIC varint"),
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("idle timeout fits a QUIC varint"),
     ));
     // The commander opens no streams towards the sentry in v1.
     t.max_concurrent_uni_streams(0u8.into());
@@ -29,7 +31,8 @@ pub fn client_config(
     pins: Vec<NodeId>,
     report: PinReport,
 ) -> Result<quinn::ClientConfig, SessionError> {
-    let tls = tls::client_config(key, pins, report).map_err(|e| SessionError::Config(e.to_string()))?;
+    let tls =
+        tls::client_config(key, pins, report).map_err(|e| SessionError::Config(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| SessionError::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));

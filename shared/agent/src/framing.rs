@@ -38,7 +38,10 @@ impl FramedSend {
         FramedSend { send }
     }
 
-    pub async fn send<T: bincode::Encode + bincode::Decode<()>>(&mut self, msg: &T) -> Result<(), FramingError> {
+    pub async fn send<T: bincode::Encode + bincode::Decode<()>>(
+        &mut self,
+        msg: &T,
+    ) -> Result<(), FramingError> {
         let frame = codec::encode_frame(msg, MAX_FRAME_LEN)?;
         self.send_raw(&frame).await
     }
@@ -101,7 +104,9 @@ impl<T: bincode::Decode<()>> FramedRecv<T> {
             match self.recv.read(&mut self.buf).await {
                 Ok(Some(n)) => self.decoder.push(&self.buf[..n]),
                 Ok(None) => return Err(FramingError::Closed("stream finished".into())),
-                Err(quinn::ReadError::ConnectionLost(e)) => return Err(FramingError::from_connection(e)),
+                Err(quinn::ReadError::ConnectionLost(e)) => {
+                    return Err(FramingError::from_connection(e))
+                }
                 Err(e) => return Err(FramingError::Lost(e.to_string())),
             }
         }

@@ -61,10 +61,13 @@ impl Outbox {
         };
         secure_file::ensure_private_dir(&dir).map_err(io_err(&dir))?;
         let seq_file_value = match fs::read_to_string(&seq_path) {
-            Ok(text) => text.trim().parse::<u64>().map_err(|_| OutboxError::BadSeqFile {
-                path: seq_path.clone(),
-                text: text.chars().take(40).collect(),
-            })?,
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| OutboxError::BadSeqFile {
+                    path: seq_path.clone(),
+                    text: text.chars().take(40).collect(),
+                })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err(&seq_path)(e)),
         };

@@ -89,7 +89,10 @@ impl<C: Collector> Agent<C> {
     }
 
     /// Runs until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -109,7 +112,8 @@ impl<C: Collector> Agent<C> {
             notify: notify.clone(),
             status: self.status.clone(),
         };
-        let producer_task = tokio::spawn(producer.run(self.collector, self.config.interval, stop_rx.clone()));
+        let producer_task =
+            tokio::spawn(producer.run(self.collector, self.config.interval, stop_rx.clone()));
         let connector = Connector {
             config: self.config,
             identity: self.identity,
@@ -131,7 +135,12 @@ struct Producer {
 }
 
 impl Producer {
-    async fn run<C: Collector>(self, mut collector: C, interval: Duration, mut stop: watch::Receiver<bool>) {
+    async fn run<C: Collector>(
+        self,
+        mut collector: C,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -146,13 +155,17 @@ impl Producer {
             if let Err(e) = self.produce(body) {
                 // Without a persisted seq we must not send anything.
                 error!("cannot persist heartbeat: {e:#}");
-                self.status.update(|s| s.last_error = Some(format!("{e:#}")));
+                self.status
+                    .update(|s| s.last_error = Some(format!("{e:#}")));
             }
         }
     }
 
     fn produce(&self, body: HeartbeatBody) -> anyhow::Result<()> {
-        let mut outbox = self.outbox.lock().map_err(|_| anyhow::anyhow!("outbox lock poisoned"))?;
+        let mut outbox = self
+            .outbox
+            .lock()
+            .map_err(|_| anyhow::anyhow!("outbox lock poisoned"))?;
         let seq = outbox.next_seq();
         let hb = Heartbeat {
             node_id: self.identity.node_id(),
@@ -161,7 +174,8 @@ impl Producer {
             body,
         };
         let signed = heartbeat::seal(&self.identity.node, &hb).context("encoding heartbeat")?;
-        let bytes = codec::encode(&SentryMessage::Heartbeat(signed)).context("encoding heartbeat")?;
+        let bytes =
+            codec::encode(&SentryMessage::Heartbeat(signed)).context("encoding heartbeat")?;
         outbox.push(seq, bytes)?;
         let (len, dropped) = (outbox.len(), outbox.dropped());
         drop(outbox);
@@ -252,10 +266,13 @@ impl Connector {
             .next()
             .ok_or_else(|| SessionError::Lost(format!("{} resolves to no address", target.addr)))?;
         if endpoint.is_none() {
-            *endpoint = Some(endpoint::client_endpoint(addr).map_err(|e| SessionError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?);
+            *endpoint =
+                Some(
+                    endpoint::client_endpoint(addr).map_err(|e| SessionError::Connect {
+                        addr,
+                        reason: e.to_string(),
+                    })?,
+                );
         }
         let ep = endpoint.as_ref().expect("set above");
         let hello = HelloParams {
@@ -264,7 +281,8 @@ impl Connector {
             enroll_token: target.enroll_token.clone(),
             labels: self.config.labels.clone(),
         };
-        self.status.update(|s| s.commander = Some(target.addr.clone()));
+        self.status
+            .update(|s| s.commander = Some(target.addr.clone()));
         Session::establish(ep, &self.identity, addr, &target.keys, hello).await
     }
 

@@ -53,12 +53,21 @@ pub enum SessionError {
 
 impl SessionError {
     /// Turns a quinn connection error into one that says what happened.
-    fn from_connection(addr: SocketAddr, err: quinn::ConnectionError, pins: &[NodeId], report: &PinReport) -> Self {
+    fn from_connection(
+        addr: SocketAddr,
+        err: quinn::ConnectionError,
+        pins: &[NodeId],
+        report: &PinReport,
+    ) -> Self {
         if let Some(presented) = report.take() {
             return SessionError::NotPinned {
                 addr,
                 presented,
-                pins: pins.iter().map(|p| p.public_key_hex()).collect::<Vec<_>>().join(", "),
+                pins: pins
+                    .iter()
+                    .map(|p| p.public_key_hex())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             };
         }
         match err {
@@ -126,7 +135,9 @@ pub struct Prover {
 
 impl Prover {
     pub fn answer(&self, challenge: &Challenge) -> Result<Proof, SessionError> {
-        Ok(self.handshake.answer(&self.node_key, &self.commander, challenge)?)
+        Ok(self
+            .handshake
+            .answer(&self.node_key, &self.commander, challenge)?)
     }
 }
 
@@ -236,7 +247,6 @@ impl Session {
 /// The node key the peer presented in TLS.
 pub fn peer_node(conn: &quinn::Connection) -> Option<NodeId> {
     let identity = conn.peer_identity()?;
-    let certs = identity
-        .downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+    let certs = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
     NodeId::from_spki_der(certs.first()?.as_ref())
 }
