@@ -102,30 +102,20 @@ impl Metrics {
             "hashfleet_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        let _ = writeln!(
-            out,
-            "# HELP hashfleet_heartbeats_total Heartbeats received, by result."
+        counter_family(
+            &mut out,
+            "hashfleet_heartbeats_total",
+            "Heartbeats received, by result.",
+            &HEARTBEAT_RESULTS,
+            &self.heartbeats,
         );
-        let _ = writeln!(out, "# TYPE hashfleet_heartbeats_total counter");
-        for (i, r) in HEARTBEAT_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hashfleet_heartbeats_total{{result=\"{r}\"}} {}",
-                self.heartbeats[i].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hashfleet_handshakes_total Session handshakes, by result."
+        counter_family(
+            &mut out,
+            "hashfleet_handshakes_total",
+            "Session handshakes, by result.",
+            &HANDSHAKE_RESULTS,
+            &self.handshakes,
         );
-        let _ = writeln!(out, "# TYPE hashfleet_handshakes_total counter");
-        for (i, r) in HANDSHAKE_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hashfleet_handshakes_total{{result=\"{r}\"}} {}",
-                self.handshakes[i].load(Ordering::Relaxed)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP hashfleet_connected_sentries Sentries with a live session."
@@ -169,5 +159,24 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE hashfleet_store_size_bytes gauge");
         let _ = writeln!(out, "hashfleet_store_size_bytes {store_bytes}");
         out
+    }
+}
+
+/// A counter with one `result` label value per slot.
+fn counter_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    results: &[&str],
+    values: &[AtomicU64],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (r, v) in results.iter().zip(values) {
+        let _ = writeln!(
+            out,
+            "{name}{{result=\"{r}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
     }
 }

@@ -1,11 +1,9 @@
-//! The `hashfleet-sentry-asic` binary: parse flags, start logging, run.
+//! The `hashfleet-sentry-asic` binary: parse flags, then the shared sentry main.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use hashfleet_agent::cli::{
-    identity_command, init_tracing, shutdown_signal, IdentityCommand, RunArgs,
-};
+use clap::Parser;
+use hashfleet_agent::cli::{sentry_main, shutdown_signal, SentryCommand};
 
 #[derive(Parser)]
 #[command(
@@ -15,55 +13,12 @@ use hashfleet_agent::cli::{
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the sentry.
-    Run(RunArgs),
-    /// Check the configuration without starting.
-    Validate(RunArgs),
-    /// Create or show this sentry's identity.
-    #[command(subcommand)]
-    Identity(IdentityCommand),
+    command: SentryCommand,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    let result = match cli.command {
-        Command::Run(args) => match hashfleet_sentry_asic::load_config(&args) {
-            Ok(config) => match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt.block_on(hashfleet_sentry_asic::run(config, shutdown_signal())),
-                Err(e) => Err(e.into()),
-            },
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(64);
-            }
-        },
-        Command::Validate(args) => match hashfleet_sentry_asic::load_config(&args) {
-            Ok(c) => {
-                println!(
-                    "configuration is valid: {} commander(s), home {}",
-                    c.commanders.len(),
-                    c.home.display()
-                );
-                Ok(())
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(64);
-            }
-        },
-        Command::Identity(cmd) => identity_command(cmd),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    sentry_main(cli.command, hashfleet_sentry_asic::load_config, |config| {
+        hashfleet_sentry_asic::run(config, shutdown_signal())
+    })
 }

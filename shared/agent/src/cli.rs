@@ -172,3 +172,61 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// The subcommands every sentry binary has.
+#[derive(Debug, clap::Subcommand)]
+pub enum SentryCommand {
+    /// Run the sentry.
+    Run(RunArgs),
+    /// Check the configuration without starting.
+    Validate(RunArgs),
+    /// Create or show this sentry's identity.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+/// The body of a sentry's `main`: logging, config (exit 64 when bad), then
+/// `run` until SIGTERM/SIGINT.
+pub fn sentry_main<F, Fut>(
+    command: SentryCommand,
+    load: impl Fn(&RunArgs) -> anyhow::Result<AgentConfig>,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(AgentConfig) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    init_tracing();
+    let exit = |result: anyhow::Result<()>| match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    let (args, validate_only) = match command {
+        SentryCommand::Identity(cmd) => return exit(identity_command(cmd)),
+        SentryCommand::Run(args) => (args, false),
+        SentryCommand::Validate(args) => (args, true),
+    };
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    if validate_only {
+        println!(
+            "configuration is valid: {} commander(s), home {}",
+            config.commanders.len(),
+            config.home.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => exit(rt.block_on(run(config))),
+        Err(e) => exit(Err(e.into())),
+    }
+}
