@@ -5,6 +5,8 @@
 //! interval_secs = 10
 //! site = "hel1"
 //! rack = "r12"
+//! reconnect_min_ms = 500     # first reconnect wait (jittered, doubling)
+//! reconnect_max_ms = 5000    # longest reconnect wait
 //!
 //! [[commander]]
 //! addr = "commander.example:4433"
@@ -39,7 +41,7 @@ mod tests {
         let path = dir.path().join("s.toml");
         std::fs::write(
             &path,
-            "interval_secs = 3\nsite = \"hel1\"\n[[commander]]\naddr = \"127.0.0.1:4433\"\nkeys = [\"3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29\"]\n",
+            "interval_secs = 3\nsite = \"hel1\"\nreconnect_min_ms = 200\nreconnect_max_ms = 2000\n[[commander]]\naddr = \"127.0.0.1:4433\"\nkeys = [\"3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29\"]\n",
         )
         .unwrap();
         let args = RunArgs {
@@ -50,6 +52,8 @@ mod tests {
         let c = load(&args).unwrap();
         assert_eq!(c.interval.as_secs(), 3);
         assert_eq!(c.labels["site"], "hel1");
+        assert_eq!(c.backoff_min.as_millis(), 200);
+        assert_eq!(c.backoff_max.as_millis(), 2000);
         assert_eq!(c.commanders.len(), 1);
 
         std::fs::write(&path, "intervall_secs = 3\n").unwrap();

@@ -46,6 +46,10 @@ pub struct CommonFile {
     pub interval_secs: Option<u64>,
     pub site: Option<String>,
     pub rack: Option<String>,
+    /// First reconnect wait (jittered, doubling), default 500 ms.
+    pub reconnect_min_ms: Option<u64>,
+    /// Longest reconnect wait, default 5000 ms.
+    pub reconnect_max_ms: Option<u64>,
     #[serde(default)]
     pub commander: Vec<CommanderEntry>,
 }
@@ -93,6 +97,12 @@ pub fn agent_config(
     let mut config = AgentConfig::new(home, commanders, kind);
     if let Some(secs) = args.interval_secs.or(file.interval_secs) {
         config.interval = Duration::from_secs(secs);
+    }
+    if let Some(ms) = file.reconnect_min_ms {
+        config.backoff_min = Duration::from_millis(ms);
+    }
+    if let Some(ms) = file.reconnect_max_ms {
+        config.backoff_max = Duration::from_millis(ms);
     }
     let mut labels = BTreeMap::new();
     if let Some(site) = file.site {

@@ -29,6 +29,8 @@ pub enum ConfigError {
     BadInterval(Duration),
     #[error("outbox bound must be at least 1")]
     BadOutbox,
+    #[error("reconnect backoff must satisfy 10 ms <= reconnect_min_ms <= reconnect_max_ms <= 600000 ms, not {min:?}..{max:?}")]
+    BadBackoff { min: Duration, max: Duration },
 }
 
 /// One commander a sentry may report to.
@@ -162,6 +164,15 @@ impl AgentConfig {
         }
         if self.outbox_max == 0 {
             return Err(ConfigError::BadOutbox);
+        }
+        if self.backoff_min < Duration::from_millis(10)
+            || self.backoff_max < self.backoff_min
+            || self.backoff_max > Duration::from_secs(600)
+        {
+            return Err(ConfigError::BadBackoff {
+                min: self.backoff_min,
+                max: self.backoff_max,
+            });
         }
         Ok(())
     }
