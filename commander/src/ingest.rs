@@ -7,6 +7,11 @@
 //! and the sentries' progress in one transaction, flushes, and only then
 //! acknowledges. Acks are cumulative per session, carried by a `watch`, so
 //! a sentry that does not read cannot make them pile up.
+//!
+//! When a batch cannot be stored, every session in it is marked
+//! [`Acked::Failed`] for good: its session closes, so no later cumulative
+//! ack can cover the lost heartbeats; the sentry reconnects, learns the
+//! stored mark from `Welcome` and resends from there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,12 +27,22 @@ use crate::store::{HeartbeatRecord, HeartbeatWrite, Store};
 /// Heartbeats that may wait for the writer before sessions are slowed down.
 const QUEUE: usize = 16_384;
 
+/// What the writer has done for a session's heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// Everything up to this seq is durably stored.
+    Upto(u64),
+    /// A batch with this session's heartbeats could not be stored: the
+    /// session must end.
+    Failed,
+}
+
 /// One verified heartbeat on its way to the store.
 pub struct IngestItem {
     pub sentry_id: u64,
     pub record: HeartbeatRecord,
-    /// The submitting session's highest acknowledged seq.
-    pub acked: Arc<watch::Sender<u64>>,
+    /// The submitting session's acknowledgement state.
+    pub acked: Arc<watch::Sender<Acked>>,
 }
 
 /// Submits heartbeats to the writer.
@@ -108,19 +123,76 @@ async fn commit(
     stored: &mut HashMap<u64, u64>,
     batch: Vec<IngestItem>,
 ) {
+    let started = Instant::now();
+    let store = store.clone();
+    let mut known = std::mem::take(stored);
+    // Dedupe and write on a blocking thread: both read and write sled.
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = write_batch(store.as_ref(), &mut known, &batch);
+        (known, batch, result)
+    })
+    .await;
+    let (known, batch, result) = match joined {
+        Ok(v) => v,
+        Err(e) => {
+            // The batch is gone with the task; its sessions' own senders
+            // were dropped with it, which ends those sessions too.
+            error!("ingest task failed: {e}");
+            return;
+        }
+    };
+    match result {
+        Ok((count, duplicates)) => {
+            *stored = known;
+            metrics.commit(started.elapsed().as_secs_f64());
+            metrics.heartbeats_n("ok", count);
+            metrics.heartbeats_n("duplicate", duplicates);
+            for item in &batch {
+                let seq = item.record.seq;
+                item.acked.send_if_modified(|state| match state {
+                    Acked::Upto(v) if seq > *v => {
+                        *v = seq;
+                        true
+                    }
+                    _ => false,
+                });
+            }
+        }
+        Err(reason) => {
+            // Nothing is acknowledged, and these sessions end: the sentries
+            // keep the heartbeats in their outboxes and resend them.
+            error!(
+                "storing a batch of {} heartbeats failed, none acknowledged: {reason}",
+                batch.len()
+            );
+            for item in &batch {
+                item.acked.send_replace(Acked::Failed);
+            }
+            stored.clear();
+        }
+    }
+}
+
+/// Drops heartbeats already stored, writes the rest. Returns (written,
+/// duplicates). Blocking.
+fn write_batch(
+    store: &dyn Store,
+    known: &mut HashMap<u64, u64>,
+    batch: &[IngestItem],
+) -> Result<(u64, u64), String> {
     let mut writes = Vec::with_capacity(batch.len());
-    let mut acks = Vec::with_capacity(batch.len());
     let mut duplicates = 0u64;
+    // `known` runs ahead of the store during the batch; on failure the
+    // caller forgets it entirely.
     for item in batch {
-        let last = match stored.get(&item.sentry_id) {
+        let last = match known.get(&item.sentry_id) {
             Some(last) => *last,
-            None => match store.progress(item.sentry_id) {
-                Ok(p) => p.last_seq,
-                Err(e) => {
-                    error!(sentry_id = item.sentry_id, "reading progress: {e}");
-                    continue;
-                }
-            },
+            None => {
+                store
+                    .progress(item.sentry_id)
+                    .map_err(|e| format!("reading progress of {:016x}: {e}", item.sentry_id))?
+                    .last_seq
+            }
         };
         let seq = item.record.seq;
         if seq <= last {
@@ -129,42 +201,121 @@ async fn commit(
         } else {
             writes.push(HeartbeatWrite {
                 sentry_id: item.sentry_id,
-                record: item.record,
+                record: item.record.clone(),
             });
         }
-        stored.insert(item.sentry_id, last.max(seq));
-        acks.push((item.acked, seq));
+        known.insert(item.sentry_id, last.max(seq));
     }
-    let count = writes.len() as u64;
-    let started = Instant::now();
-    let store2 = store.clone();
-    let written = tokio::task::spawn_blocking(move || store2.append_heartbeats(&writes)).await;
-    match written {
-        Ok(Ok(())) => {
-            metrics.commit(started.elapsed().as_secs_f64());
-            metrics.heartbeats_n("ok", count);
-            metrics.heartbeats_n("duplicate", duplicates);
-            for (acked, seq) in acks {
-                acked.send_if_modified(|v| {
-                    if seq > *v {
-                        *v = seq;
-                        true
-                    } else {
-                        false
-                    }
-                });
+    store
+        .append_heartbeats(&writes)
+        .map_err(|e| e.to_string())?;
+    Ok((writes.len() as u64, duplicates))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        HeartbeatRecord, ProgressRecord, SentryRecord, StoreError, TokenRecord, TokenUse,
+    };
+    use hashfleet_shared::NodeId;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A store whose heartbeat writes fail while `fail` is set.
+    #[derive(Default)]
+    struct FlakyStore {
+        fail: AtomicBool,
+        written: std::sync::Mutex<Vec<u64>>,
+    }
+
+    impl Store for FlakyStore {
+        fn sentry(&self, _: u64) -> Result<Option<SentryRecord>, StoreError> {
+            Ok(None)
+        }
+        fn sentry_id_for_node(&self, _: &NodeId) -> Result<Option<u64>, StoreError> {
+            Ok(None)
+        }
+        fn sentries(&self, _: usize, _: usize) -> Result<Vec<SentryRecord>, StoreError> {
+            Ok(vec![])
+        }
+        fn sentry_count(&self) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+        fn put_sentry(&self, _: &SentryRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn progress(&self, _: u64) -> Result<ProgressRecord, StoreError> {
+            Ok(ProgressRecord::default())
+        }
+        fn put_token(&self, _: &[u8; 32], _: &TokenRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn use_token(&self, _: &[u8; 32], _: u64) -> Result<TokenUse, StoreError> {
+            Ok(TokenUse::Unknown)
+        }
+        fn append_heartbeats(&self, batch: &[HeartbeatWrite]) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Transaction("disk full".into()));
             }
+            self.written.lock().unwrap().extend(batch.iter().map(|w| w.record.seq));
+            Ok(())
         }
-        failed => {
-            let reason = match failed {
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-                Ok(Ok(())) => unreachable!(),
-            };
-            // Nothing is acknowledged: the sentries keep these heartbeats in
-            // their outboxes and resend them. Forget what we assumed stored.
-            error!("storing a batch of {count} heartbeats failed, none acknowledged: {reason}");
-            stored.clear();
+        fn recent_heartbeats(&self, _: u64, _: usize) -> Result<Vec<HeartbeatRecord>, StoreError> {
+            Ok(vec![])
         }
+        fn revoked_keys(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+            Ok(vec![])
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn size_on_disk(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    fn item(seq: u64, acked: &Arc<watch::Sender<Acked>>) -> IngestItem {
+        IngestItem {
+            sentry_id: 1,
+            record: HeartbeatRecord {
+                seq,
+                ts_ms: 0,
+                received_ms: 0,
+                devices: vec![],
+            },
+            acked: acked.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_ends_its_sessions_and_later_batches_never_ack_them() {
+        let store = Arc::new(FlakyStore::default());
+        let (_stop_tx, stop) = watch::channel(false);
+        let (ingest, _task) = Ingest::spawn(store.clone(), Arc::new(Metrics::default()), 16, stop);
+        let (tx, mut rx) = watch::channel(Acked::Upto(0));
+        let tx = Arc::new(tx);
+
+        ingest.submit(item(1, &tx)).await.unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), Acked::Upto(1));
+
+        store.fail.store(true, Ordering::SeqCst);
+        ingest.submit(item(2, &tx)).await.unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), Acked::Failed);
+
+        // Storage recovers; a later heartbeat of the failed session is
+        // stored but must not be acknowledged cumulatively over seq 2.
+        store.fail.store(false, Ordering::SeqCst);
+        ingest.submit(item(3, &tx)).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !store.written.lock().unwrap().contains(&3) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(*rx.borrow(), Acked::Failed);
+        assert_eq!(*store.written.lock().unwrap(), vec![1, 3]);
     }
 }

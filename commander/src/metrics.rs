@@ -21,7 +21,7 @@ pub const HEARTBEAT_RESULTS: [&str; 8] = [
 ];
 
 /// Results a handshake can have.
-pub const HANDSHAKE_RESULTS: [&str; 8] = [
+pub const HANDSHAKE_RESULTS: [&str; 7] = [
     "ok",
     "tls_refused",
     "rejected",
@@ -29,7 +29,6 @@ pub const HANDSHAKE_RESULTS: [&str; 8] = [
     "timeout",
     "protocol_error",
     "store_error",
-    "replaced",
 ];
 
 /// Bucket bounds (seconds) of the ingest commit histogram.
@@ -38,7 +37,7 @@ const COMMIT_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0
 #[derive(Debug, Default)]
 pub struct Metrics {
     heartbeats: [AtomicU64; 8],
-    handshakes: [AtomicU64; 8],
+    handshakes: [AtomicU64; 7],
     connected: AtomicI64,
     commit_buckets: [AtomicU64; 10],
     commit_count: AtomicU64,

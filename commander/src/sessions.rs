@@ -27,6 +27,7 @@ pub mod close {
     pub const REJECTED: u32 = 3;
     pub const PROTOCOL: u32 = 4;
     pub const SHUTDOWN: u32 = 5;
+    pub const STORE_ERROR: u32 = 6;
 }
 
 struct Entry {

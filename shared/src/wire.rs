@@ -182,7 +182,8 @@ pub struct Nack {
 
 /// A heartbeat as sent: the encoded [`Heartbeat`] and the node key's
 /// signature over it, under the `heartbeat` domain tag. The commander
-/// verifies these exact bytes before decoding them.
+/// verifies the signature over these exact bytes, never over a
+/// re-encoding (it decodes them first only to check the node binding).
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct SignedHeartbeat {
     pub payload: Vec<u8>,

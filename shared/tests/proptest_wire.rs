@@ -705,8 +705,8 @@ fn a_heartbeat_of_4000_devices_round_trips() {
     assert_eq!(codec::decode::<Heartbeat>(&body).unwrap(), hb);
 }
 
-/// Known asymmetry: `encode` accepts a 44 KB heartbeat of 4 900 empty
-/// devices that `decode` refuses (4 900 × 216 bytes claimed > 1 MiB).
+/// `encode` never emits what `decode` refuses: a 44 KB heartbeat of 4 900
+/// empty devices claims 4 900 × 216 bytes > 1 MiB, so `encode` refuses it.
 #[test]
 fn everything_encode_accepts_decodes() {
     // Regression: 4,900 empty devices encode to ~44 KB but claim more than

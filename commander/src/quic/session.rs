@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::app::App;
 use crate::convert::heartbeat_record;
 use crate::enroll::{self, Admitted};
-use crate::ingest::IngestItem;
+use crate::ingest::{Acked, IngestItem};
 use crate::sessions::{close, Control};
 
 /// Messages a session may queue for its writer before the reader waits.
@@ -33,7 +33,9 @@ const OUTBOUND: usize = 64;
 /// Serves one incoming connection to its end.
 pub async fn serve(app: Arc<App>, incoming: quinn::Incoming, stop: watch::Receiver<bool>) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    // One deadline for TLS and the whole application handshake.
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             app.metrics.handshake("tls_refused");
@@ -45,7 +47,7 @@ pub async fn serve(app: Arc<App>, incoming: quinn::Incoming, stop: watch::Receiv
             return;
         }
     };
-    let established = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&app, &conn)).await;
+    let established = tokio::time::timeout_at(deadline, handshake(&app, &conn)).await;
     let est = match established {
         Ok(Ok(est)) => est,
         Ok(Err(fail)) => {
@@ -223,7 +225,11 @@ async fn run(
     } = est;
     let sentry_id = admitted.record.sentry_id;
     let mut approved = admitted.status == SentryStatus::Approved;
-    let progress = app.store.progress(sentry_id).map_err(|e| e.to_string())?;
+    let store = app.store.clone();
+    let progress = tokio::task::spawn_blocking(move || store.progress(sentry_id))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let mut last_seq = progress.last_seq;
     tx.send(&CommanderMessage::Welcome(Welcome {
         sentry_id,
@@ -234,10 +240,10 @@ async fn run(
     .await
     .map_err(|e| e.to_string())?;
 
-    let (acked_tx, acked_rx) = watch::channel(last_seq);
+    let (acked_tx, acked_rx) = watch::channel(Acked::Upto(last_seq));
     let acked_tx = Arc::new(acked_tx);
     let (out_tx, out_rx) = mpsc::channel::<CommanderMessage>(OUTBOUND);
-    let writer = tokio::spawn(write_loop(tx, out_rx, acked_rx));
+    let writer = tokio::spawn(write_loop(tx, out_rx, acked_rx, conn.clone()));
 
     let mut rechallenge = tokio::time::interval(app.config.rechallenge);
     rechallenge.reset();
@@ -296,7 +302,8 @@ async fn run(
                     approved = true;
                     let _ = out_tx.send(CommanderMessage::StatusUpdate(StatusUpdate { status: SentryStatus::Approved })).await;
                 }
-                Some(Control::Revoked) | None => {
+                None => break Err("replaced by a newer session of this node".into()),
+                Some(Control::Revoked) => {
                     let _ = out_tx.send(CommanderMessage::Reject(Reject {
                         code: RejectCode::Revoked,
                         message: "this sentry was revoked by an operator".into(),
@@ -343,13 +350,21 @@ fn nack(signed: &SignedHeartbeat, reason: NackReason, last_seq: u64) -> Commande
 async fn write_loop(
     mut tx: FramedSend,
     mut out: mpsc::Receiver<CommanderMessage>,
-    mut acked: watch::Receiver<u64>,
+    mut acked: watch::Receiver<Acked>,
+    conn: quinn::Connection,
 ) {
     loop {
         let msg = tokio::select! {
-            changed = acked.changed() => match changed {
-                Ok(()) => CommanderMessage::Ack(Ack { seq: *acked.borrow_and_update() }),
-                Err(_) => return,
+            changed = acked.changed() => {
+                let state = *acked.borrow_and_update();
+                match (changed, state) {
+                    (Ok(()), Acked::Upto(seq)) => CommanderMessage::Ack(Ack { seq }),
+                    (Ok(()), Acked::Failed) => {
+                        conn.close(close::STORE_ERROR.into(), b"the commander could not store heartbeats; reconnect and resend");
+                        return;
+                    }
+                    (Err(_), _) => return,
+                }
             },
             m = out.recv() => match m {
                 Some(m) => m,

@@ -19,9 +19,9 @@ pub fn transport_config() -> quinn::TransportConfig {
             .try_into()
             .expect("idle timeout fits a QUIC varint"),
     ));
-    // The commander opens no streams towards the sentry in v1.
+    // In v1 the sentry opens the session's one stream; the commander opens none.
     t.max_concurrent_uni_streams(0u8.into());
-    t.max_concurrent_bidi_streams(1u8.into());
+    t.max_concurrent_bidi_streams(0u8.into());
     t
 }
 

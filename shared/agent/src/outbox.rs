@@ -154,6 +154,24 @@ impl Outbox {
         self.remove_upto(seq)
     }
 
+    /// The commander already holds `seq` although this sentry never assigned
+    /// it (its seq state was lost or restored from an old copy): continue
+    /// above it, so new heartbeats are not refused as replays.
+    pub fn raise_floor(&mut self, seq: u64) -> Result<(), OutboxError> {
+        if seq <= self.last_assigned {
+            return Ok(());
+        }
+        secure_file::write_atomic(&self.seq_path, format!("{seq}\n").as_bytes(), 0o600).map_err(
+            |source| OutboxError::Io {
+                path: self.seq_path.clone(),
+                source,
+            },
+        )?;
+        self.seq_file_value = seq;
+        self.last_assigned = seq;
+        Ok(())
+    }
+
     /// Drops one entry the commander will never accept.
     pub fn discard(&mut self, seq: u64) -> Result<(), OutboxError> {
         if self.entries.contains(&seq) {
@@ -253,6 +271,19 @@ mod tests {
         let ob = Outbox::open(home.path(), 3).unwrap();
         assert_eq!(ob.next_seq(), 6);
         assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn raising_the_floor_skips_seqs_the_commander_holds() {
+        let home = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(home.path(), 10).unwrap();
+        ob.push(1, vec![1]).unwrap();
+        ob.raise_floor(500).unwrap();
+        assert_eq!(ob.next_seq(), 501);
+        ob.raise_floor(7).unwrap();
+        assert_eq!(ob.next_seq(), 501, "never lowers");
+        drop(ob);
+        assert_eq!(Outbox::open(home.path(), 10).unwrap().next_seq(), 501);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use hashfleet_shared::handshake::HelloParams;
 use hashfleet_shared::heartbeat;
 use hashfleet_shared::liveness::{self, Backoff, HANDSHAKE_TIMEOUT};
 use hashfleet_shared::wire::{
-    CommanderMessage, Heartbeat, HeartbeatBody, SentryMessage, SentryStatus,
+    CommanderMessage, Heartbeat, HeartbeatBody, NackReason, SentryMessage, SentryStatus,
 };
 use hashfleet_shared::{now_ms, Identity};
 use tokio::sync::{watch, Notify};
@@ -312,8 +312,21 @@ impl Connector {
         if !approved {
             warn!("this sentry is pending approval on the commander: heartbeats are kept in the outbox until an operator approves it");
         }
-        if let Err(e) = self.with_outbox(|o| o.ack(welcome.last_seq)) {
-            return End::Failed(SessionError::Lost(format!("outbox: {e}")));
+        let floor = self.with_outbox(|o| {
+            let behind = o.next_seq() <= welcome.last_seq;
+            o.ack(welcome.last_seq)?;
+            if behind {
+                o.raise_floor(welcome.last_seq)?;
+            }
+            Ok::<_, crate::outbox::OutboxError>(behind)
+        });
+        match floor {
+            Ok(true) => warn!(
+                commander_last_seq = welcome.last_seq,
+                "the commander holds seqs this sentry never assigned: its seq state was lost or restored from an old copy; continuing above the commander's mark"
+            ),
+            Ok(false) => {}
+            Err(e) => return End::Failed(SessionError::Lost(format!("outbox: {e}"))),
         }
         self.status.update(|s| {
             s.connected = true;
@@ -332,7 +345,15 @@ impl Connector {
                     o.pending_after(sent_upto)
                         .into_iter()
                         .take(SEND_CHUNK)
-                        .filter_map(|seq| o.load(seq).ok().flatten().map(|b| (seq, b)))
+                        .filter_map(|seq| match o.load(seq) {
+                            Ok(entry) => entry.map(|b| (seq, b)),
+                            Err(e) => {
+                                // Unreadable on this disk: it cannot be sent, and a
+                                // later acknowledgement will remove it. Say so loudly.
+                                error!(seq, "outbox entry unreadable, heartbeat lost: {e}");
+                                None
+                            }
+                        })
                         .collect::<Vec<_>>()
                 });
                 let more = batch.len() == SEND_CHUNK;
@@ -384,13 +405,21 @@ impl Connector {
                         }
                         CommanderMessage::Nack(nack) => {
                             warn!(seq = nack.seq, reason = nack.reason.as_str(), commander_last_seq = nack.last_seq, "commander refused a heartbeat");
-                            // Stored already (seq at or below the commander's mark),
-                            // or never acceptable: either way it leaves the outbox.
-                            let r = self.with_outbox(|o| {
-                                if nack.last_seq >= nack.seq { o.ack(nack.last_seq) } else { o.discard(nack.seq) }
-                            });
-                            if let Err(e) = r {
-                                break End::Failed(SessionError::Lost(format!("outbox: {e}")));
+                            match nack.reason {
+                                // The commander has this seq or a later one (stored or
+                                // on its way): a cumulative Ack will cover it.
+                                NackReason::Replay => {}
+                                // Kept until the sentry is approved.
+                                NackReason::NotApproved => {}
+                                // Never acceptable: drop just this one.
+                                NackReason::BadSignature
+                                | NackReason::ForeignNode
+                                | NackReason::Malformed
+                                | NackReason::ClockSkew => {
+                                    if let Err(e) = self.with_outbox(|o| o.discard(nack.seq)) {
+                                        break End::Failed(SessionError::Lost(format!("outbox: {e}")));
+                                    }
+                                }
                             }
                         }
                         CommanderMessage::Challenge(ch) => {
