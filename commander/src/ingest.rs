@@ -257,7 +257,10 @@ mod tests {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError::Transaction("disk full".into()));
             }
-            self.written.lock().unwrap().extend(batch.iter().map(|w| w.record.seq));
+            self.written
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|w| w.record.seq));
             Ok(())
         }
         fn recent_heartbeats(&self, _: u64, _: usize) -> Result<Vec<HeartbeatRecord>, StoreError> {

@@ -13,6 +13,7 @@
 //! - [`convert`]: wire snapshot → store record;
 //! - [`sessions`]: live sessions and revoked keys;
 //! - [`http`]: the HTTP API and `/metrics`; [`metrics`]: counters;
+//! - [`query`]: Mongo-style filters, projection and sort over device documents;
 //! - [`demo`]: a commander and a sentry in one process for a first look;
 //! - [`info`]: the `info` subcommand.
 
@@ -26,6 +27,7 @@ pub mod info;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
+pub mod query;
 pub mod quic;
 pub mod sessions;
 pub mod store;

@@ -503,21 +503,31 @@ async fn a_sentry_that_lost_its_seq_state_continues_above_the_commander() {
     let home = dir.path().join("s");
     let mut sentry = TestSentry::start(c.sentry_config(&home, Some(token)));
     wait_until(WAIT, "5 heartbeats", || async {
-        c.sentry_by_node(&sentry.node_id).await.is_some_and(|s| s["heartbeats"].as_u64() >= Some(5))
+        c.sentry_by_node(&sentry.node_id)
+            .await
+            .is_some_and(|s| s["heartbeats"].as_u64() >= Some(5))
     })
     .await;
     sentry.stop().await;
-    let before = c.sentry_by_node(&sentry.node_id).await.unwrap()["last_seq"].as_u64().unwrap();
+    let before = c.sentry_by_node(&sentry.node_id).await.unwrap()["last_seq"]
+        .as_u64()
+        .unwrap();
 
     // The identity survives, the seq state does not (say, restored from an old backup).
     std::fs::remove_file(home.join("seq")).ok();
     std::fs::remove_dir_all(home.join("outbox")).unwrap();
     let mut sentry = TestSentry::start(c.sentry_config(&home, None));
     wait_until(WAIT, "new heartbeats stored above the old mark", || async {
-        c.sentry_by_node(&sentry.node_id).await.is_some_and(|s| s["last_seq"].as_u64() >= Some(before + 3))
+        c.sentry_by_node(&sentry.node_id)
+            .await
+            .is_some_and(|s| s["last_seq"].as_u64() >= Some(before + 3))
     })
     .await;
-    assert_eq!(c.metric("hashfleet_heartbeats_total{result=\"replay\"}").await, 0.0);
+    assert_eq!(
+        c.metric("hashfleet_heartbeats_total{result=\"replay\"}")
+            .await,
+        0.0
+    );
     sentry.stop().await;
     c.stop().await;
 }
