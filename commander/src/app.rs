@@ -1,9 +1,11 @@
 //! The running commander: shared state, start-up order and shutdown.
 //!
 //! Start-up: validate config → data dir (0700) → identity → admin token →
-//! store → revoked keys → ingest writer → QUIC endpoint → HTTP listener.
+//! store → revoked keys → fleet (registry and rollups, replaying heartbeats
+//! stored after the last checkpoint) → ingest writer → QUIC endpoint → HTTP
+//! listener → upkeep (checkpoints, retention).
 //! Shutdown: stop accepting, close sessions with a reason, drain the
-//! ingest queue into the store, flush.
+//! ingest queue into the store, checkpoint the fleet, flush.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,12 +20,16 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::CommanderConfig;
+use crate::fleet::{Fleet, FleetConfig};
 use crate::ingest::Ingest;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::sessions::{RevokedKeys, Sessions};
 use crate::store::{SledStore, Store};
-use crate::{http, quic};
+use crate::{http, quic, upkeep};
+
+/// The runtime file in the data dir that holds the bound HTTP address while `serve` runs.
+pub const HTTP_ADDR_FILE: &str = "http.addr";
 
 /// State every part of the commander shares.
 pub struct App {
@@ -33,6 +39,7 @@ pub struct App {
     pub sessions: Sessions,
     pub revoked: RevokedKeys,
     pub ingest: Ingest,
+    pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
     /// SHA-256 of the bootstrap admin token.
     pub admin_token_hash: [u8; 32],
@@ -72,10 +79,22 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     for key in store.revoked_keys()? {
         revoked.insert(NodeId::from_public_key(key));
     }
+    let fleet_config = FleetConfig::new(
+        config.timezones.iter().map(|t| t.offset_ms).collect(),
+        config.group_metrics.clone(),
+        config.status_rules,
+    );
+    let store2 = store.clone();
+    let fleet = Arc::new(
+        tokio::task::spawn_blocking(move || Fleet::load(store2.as_ref(), fleet_config))
+            .await?
+            .context("loading the device registry and rollups")?,
+    );
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ingest, ingest_task) = Ingest::spawn(
         store.clone(),
+        fleet.clone(),
         metrics.clone(),
         config.ingest_batch_max,
         stop_rx.clone(),
@@ -87,6 +106,13 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot bind HTTP on {}", config.http_listen))?;
     let http_addr = http_listener.local_addr()?;
+    // Tells `hashfleet-commander backup`/`restore` that this data dir is served, and where.
+    secure_file::write_atomic(
+        &data_dir.join(HTTP_ADDR_FILE),
+        http_addr.to_string().as_bytes(),
+        0o600,
+    )
+    .with_context(|| format!("writing {}", data_dir.join(HTTP_ADDR_FILE).display()))?;
     let node_id = identity.node_id();
     let app = Arc::new(App {
         config,
@@ -95,6 +121,7 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         sessions: Sessions::default(),
         revoked,
         ingest,
+        fleet,
         metrics,
         admin_token_hash: token_hash(&admin_token),
     });
@@ -104,7 +131,9 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
             endpoint.clone(),
             stop_rx.clone(),
         )),
-        tokio::spawn(http::serve(app.clone(), http_listener, stop_rx)),
+        tokio::spawn(http::serve(app.clone(), http_listener, stop_rx.clone())),
+        tokio::spawn(upkeep::checkpoints(app.clone(), stop_rx.clone())),
+        tokio::spawn(upkeep::retention(app.clone(), stop_rx)),
     ];
     info!(%quic_addr, %http_addr, %node_id, public_key = %node_id.public_key_hex(), "commander listening");
     Ok(Running {
@@ -129,11 +158,13 @@ impl Running {
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        let _ = std::fs::remove_file(self.app.config.data_dir.join(HTTP_ADDR_FILE));
         self.endpoint.close(
             crate::sessions::close::SHUTDOWN.into(),
             b"commander shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(10), self.ingest_task).await;
+        upkeep::checkpoint_now(&self.app).await;
         let store = self.app.store.clone();
         tokio::task::spawn_blocking(move || store.flush()).await??;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

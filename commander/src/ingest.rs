@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::error;
 
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::store::{HeartbeatRecord, HeartbeatWrite, Store};
 
@@ -61,12 +62,13 @@ impl Ingest {
     /// everything already queued.
     pub fn spawn(
         store: Arc<dyn Store>,
+        fleet: Arc<Fleet>,
         metrics: Arc<Metrics>,
         batch_max: usize,
         stop: watch::Receiver<bool>,
     ) -> (Ingest, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(writer(store, metrics, batch_max, rx, stop));
+        let task = tokio::spawn(writer(store, fleet, metrics, batch_max, rx, stop));
         (Ingest { tx }, task)
     }
 
@@ -78,6 +80,7 @@ impl Ingest {
 
 async fn writer(
     store: Arc<dyn Store>,
+    fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
     batch_max: usize,
     mut rx: mpsc::Receiver<IngestItem>,
@@ -113,22 +116,24 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        commit(&store, &metrics, &mut stored, batch).await;
+        commit(&store, &fleet, &metrics, &mut stored, batch).await;
     }
 }
 
 async fn commit(
     store: &Arc<dyn Store>,
+    fleet: &Arc<Fleet>,
     metrics: &Metrics,
     stored: &mut HashMap<u64, u64>,
     batch: Vec<IngestItem>,
 ) {
     let started = Instant::now();
     let store = store.clone();
+    let fleet = fleet.clone();
     let mut known = std::mem::take(stored);
     // Dedupe and write on a blocking thread: both read and write sled.
     let joined = tokio::task::spawn_blocking(move || {
-        let result = write_batch(store.as_ref(), &mut known, &batch);
+        let result = write_batch(store.as_ref(), &fleet, &mut known, &batch);
         (known, batch, result)
     })
     .await;
@@ -177,6 +182,7 @@ async fn commit(
 /// duplicates). Blocking.
 fn write_batch(
     store: &dyn Store,
+    fleet: &Fleet,
     known: &mut HashMap<u64, u64>,
     batch: &[IngestItem],
 ) -> Result<(u64, u64), String> {
@@ -209,6 +215,17 @@ fn write_batch(
     store
         .append_heartbeats(&writes)
         .map_err(|e| e.to_string())?;
+    // Stored: now fold them into the registry and rollups (derived state,
+    // rebuilt from the heartbeats after a crash).
+    for w in &writes {
+        if let Err(e) = fleet.apply(store, w.sentry_id, &w.record) {
+            error!(
+                sentry_id = w.sentry_id,
+                seq = w.record.seq,
+                "updating the device registry: {e}"
+            );
+        }
+    }
     Ok((writes.len() as u64, duplicates))
 }
 
@@ -275,6 +292,61 @@ mod tests {
         fn size_on_disk(&self) -> Result<u64, StoreError> {
             Ok(0)
         }
+        fn all_progress(&self) -> Result<Vec<(u64, ProgressRecord)>, StoreError> {
+            Ok(vec![])
+        }
+        fn heartbeats_after(
+            &self,
+            _: u64,
+            _: u64,
+            _: usize,
+        ) -> Result<Vec<HeartbeatRecord>, StoreError> {
+            Ok(vec![])
+        }
+        fn prune_heartbeats(&self, _: u64, _: u64, _: u64, _: u64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn devices(&self) -> Result<Vec<crate::store::DeviceStateRecord>, StoreError> {
+            Ok(vec![])
+        }
+        fn series(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            Ok(vec![])
+        }
+        fn rollup_marks(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+            Ok(vec![])
+        }
+        fn bucket(
+            &self,
+            _: &crate::store::RollupKey,
+        ) -> Result<Option<crate::store::RollupRecord>, StoreError> {
+            Ok(None)
+        }
+        fn buckets(
+            &self,
+            _: u64,
+            _: crate::fleet::rollup::Resolution,
+            _: u64,
+            _: u64,
+        ) -> Result<Vec<(u64, crate::store::RollupRecord)>, StoreError> {
+            Ok(vec![])
+        }
+        fn checkpoint(&self, _: &crate::store::Checkpoint) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn prune_buckets(
+            &self,
+            _: &[u64],
+            _: crate::fleet::rollup::Resolution,
+            _: u64,
+        ) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn backup(
+            &self,
+            _: &mut dyn std::io::Write,
+        ) -> Result<crate::store::BackupStats, StoreError> {
+            Err(StoreError::Backup("not supported".into()))
+        }
     }
 
     fn item(seq: u64, acked: &Arc<watch::Sender<Acked>>) -> IngestItem {
@@ -294,7 +366,15 @@ mod tests {
     async fn a_failed_batch_ends_its_sessions_and_later_batches_never_ack_them() {
         let store = Arc::new(FlakyStore::default());
         let (_stop_tx, stop) = watch::channel(false);
-        let (ingest, _task) = Ingest::spawn(store.clone(), Arc::new(Metrics::default()), 16, stop);
+        let fleet = Arc::new(
+            crate::fleet::Fleet::load(
+                store.as_ref(),
+                crate::fleet::FleetConfig::new(vec![0], vec![], Default::default()),
+            )
+            .unwrap(),
+        );
+        let (ingest, _task) =
+            Ingest::spawn(store.clone(), fleet, Arc::new(Metrics::default()), 16, stop);
         let (tx, mut rx) = watch::channel(Acked::Upto(0));
         let tx = Arc::new(tx);
 

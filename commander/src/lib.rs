@@ -11,17 +11,21 @@
 //! - [`ingest`]: the group-commit writer that acknowledges after flush;
 //! - [`store`]: the `Store` trait, its records and the sled implementation;
 //! - [`convert`]: wire snapshot → store record;
+//! - [`fleet`]: device registry, status classes, rollups, retention (derived from heartbeats);
 //! - [`sessions`]: live sessions and revoked keys;
 //! - [`http`]: the HTTP API and `/metrics`; [`metrics`]: counters;
 //! - [`query`]: Mongo-style filters, projection and sort over device documents;
 //! - [`demo`]: a commander and a sentry in one process for a first look;
-//! - [`info`]: the `info` subcommand.
+//! - [`info`]: the `info` subcommand; [`upkeep`]: periodic checkpoints and retention.
+//! - [`backup_cli`]: the `backup` and `restore` subcommands.
 
 pub mod app;
+pub mod backup_cli;
 pub mod config;
 pub mod convert;
 pub mod demo;
 pub mod enroll;
+pub mod fleet;
 pub mod http;
 pub mod info;
 pub mod ingest;
@@ -31,6 +35,7 @@ pub mod query;
 pub mod quic;
 pub mod sessions;
 pub mod store;
+pub mod upkeep;
 
 pub use app::{run, start, App, Running};
 pub use config::CommanderConfig;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hashfleet_commander::config::FileConfig;
-use hashfleet_commander::{demo, info, shutdown_signal};
+use hashfleet_commander::{backup_cli, demo, info, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,32 @@ enum Command {
         /// Heartbeat interval of the demo sentry, in seconds.
         #[arg(long, default_value_t = 2)]
         interval_secs: u64,
+    },
+    /// Write a consistent copy of the store (DATA_DIR/store) to a file.
+    ///
+    /// Works while `serve` runs: it then goes through that commander's API
+    /// (address from DATA_DIR/http.addr, token from DATA_DIR/admin.token).
+    /// identity.json and admin.token are NOT in the backup: copy those two
+    /// files separately (keep them 0600).
+    Backup {
+        #[arg(long, env = "HASHFLEET_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The backup file to write (replaced atomically, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild DATA_DIR/store from a backup file; stop the commander first.
+    ///
+    /// DATA_DIR/store must not exist yet (or be empty). identity.json and
+    /// admin.token are not in the backup and are left alone: put the old
+    /// ones into DATA_DIR (mode 0600) so sentries still recognise the
+    /// commander.
+    Restore {
+        #[arg(long, env = "HASHFLEET_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The backup file to read.
+        #[arg(long = "in")]
+        input: PathBuf,
     },
 }
 
@@ -130,6 +156,31 @@ fn main() -> ExitCode {
             http_listen,
             interval_secs,
         } => runtime.block_on(demo::run(http_listen, interval_secs, shutdown_signal())),
+        Command::Backup { data_dir, out } => runtime
+            .block_on(backup_cli::backup(&data_dir, &out))
+            .map(|o| {
+                let via = match o.source {
+                    backup_cli::Source::Server(addr) => format!("the commander at {addr}"),
+                    backup_cli::Source::Store => "the store".to_string(),
+                };
+                println!(
+                    "backup: {} trees, {} entries, {} bytes written to {} (from {via})",
+                    o.stats.trees,
+                    o.stats.entries,
+                    o.stats.bytes,
+                    out.display()
+                );
+            }),
+        Command::Restore { data_dir, input } => backup_cli::restore(&data_dir, &input).map(|s| {
+            println!(
+                "restore: {} trees, {} entries from {} ({} bytes) into {}",
+                s.trees,
+                s.entries,
+                input.display(),
+                s.bytes,
+                data_dir.join("store").display()
+            );
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -189,8 +189,34 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
         "count matches stored seqs"
     );
     assert_eq!(s["last_seq"].as_u64().unwrap(), max);
+    // The rollups, rebuilt after each kill from the heartbeats stored after
+    // the last checkpoint, count every stored heartbeat exactly once: the
+    // host device reports cpu_pct in every heartbeat.
+    let start = hbs.as_array().unwrap().last().unwrap()["ts_ms"]
+        .as_u64()
+        .unwrap();
+    let history = get(
+        &client,
+        &format!(
+            "{}/api/v1/devices/{id}/history?metric=cpu_pct&resolution=1m&start={start}&end={}",
+            commander.http,
+            hashfleet_shared::now_ms()
+        ),
+        &admin,
+    )
+    .await;
+    let samples: u64 = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        samples, max,
+        "rollup samples = stored heartbeats: {history}"
+    );
     eprintln!(
-        "produced {produced}, stored {max}, acknowledged {acked}; time to first ack after each restart: {reconnect_times:?}"
+        "produced {produced}, stored {max}, acknowledged {acked}, rollup samples {samples}; time to first ack after each restart: {reconnect_times:?}"
     );
     commander.child.kill().unwrap();
     commander.child.wait().unwrap();

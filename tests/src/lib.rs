@@ -242,3 +242,98 @@ impl TestSentry {
         }
     }
 }
+
+/// A sentry made by hand: sends chosen devices at chosen times and waits
+/// for each heartbeat's durable acknowledgement.
+pub struct VirtualSentry {
+    pub identity: hashfleet_shared::Identity,
+    pub session: hashfleet_agent::Session,
+    pub sentry_id: String,
+    seq: u64,
+    _endpoint: quinn::Endpoint,
+}
+
+impl VirtualSentry {
+    /// Enrolls a new identity with a fresh token; `labels` go in the hello
+    /// (`site`, `rack`).
+    pub async fn enroll(c: &TestCommander, labels: &[(&str, &str)]) -> Self {
+        let token = c.enrollment_token(1).await;
+        let identity = hashfleet_shared::Identity::generate();
+        let endpoint = hashfleet_agent::endpoint::client_endpoint(c.quic).unwrap();
+        let hello = hashfleet_shared::handshake::HelloParams {
+            kind: SentryKind::Synthetic,
+            agent_version: "virtual".into(),
+            enroll_token: Some(token),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let session =
+            hashfleet_agent::Session::establish(&endpoint, &identity, c.quic, &[c.node_id], hello)
+                .await
+                .expect("virtual sentry enrolls");
+        VirtualSentry {
+            sentry_id: format!("{:016x}", session.welcome.sentry_id),
+            seq: session.welcome.last_seq,
+            identity,
+            session,
+            _endpoint: endpoint,
+        }
+    }
+
+    /// Sends one heartbeat with these devices at `ts_ms`; returns its seq
+    /// once the commander has stored it.
+    pub async fn send(
+        &mut self,
+        ts_ms: u64,
+        devices: Vec<hashfleet_shared::wire::DeviceSnapshot>,
+    ) -> u64 {
+        use hashfleet_shared::wire::{CommanderMessage, Heartbeat, HeartbeatBody, SentryMessage};
+        self.seq += 1;
+        let hb = Heartbeat {
+            node_id: self.identity.node_id(),
+            seq: self.seq,
+            ts_ms,
+            body: HeartbeatBody { devices },
+        };
+        let signed = hashfleet_shared::heartbeat::seal(&self.identity.node, &hb).unwrap();
+        self.session
+            .tx
+            .send(&SentryMessage::Heartbeat(signed))
+            .await
+            .unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.session.rx.recv())
+                .await
+                .expect("ack in time")
+                .expect("session alive");
+            match msg {
+                CommanderMessage::Ack(a) if a.seq >= self.seq => return self.seq,
+                CommanderMessage::Nack(n) => panic!("heartbeat refused: {n:?}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A synthetic device snapshot.
+pub fn device(
+    id: &str,
+    kind: &str,
+    make: &str,
+    model: &str,
+    metrics: &[(&str, f64)],
+) -> hashfleet_shared::wire::DeviceSnapshot {
+    hashfleet_shared::wire::DeviceSnapshot {
+        id: id.into(),
+        kind: kind.into(),
+        make: make.into(),
+        model: model.into(),
+        firmware: "fw-1".into(),
+        metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        labels: Default::default(),
+        alerts: vec![],
+        raw: "{\"source\":\"virtual\"}".into(),
+    }
+}

@@ -197,6 +197,7 @@ async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Establish
             });
         }
     };
+    app.fleet.forget_place(admitted.record.sentry_id);
     Ok(Established {
         peer,
         exporter,

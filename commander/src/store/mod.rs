@@ -8,15 +8,68 @@
 //!   progress trees and durable when it returns: only then may a seq be
 //!   acknowledged.
 
+pub mod backup;
 pub mod records;
 mod sled_store;
 
 use hashfleet_shared::NodeId;
 
 pub use records::{
-    AlertRecord, DeviceRecord, HeartbeatRecord, ProgressRecord, SentryRecord, SentryState,
-    TokenRecord,
+    AlertRecord, DeviceRecord, DeviceStateRecord, HeartbeatRecord, ProgressRecord, RollupRecord,
+    SentryRecord, SentryState, TokenRecord,
 };
+
+use crate::fleet::rollup::Resolution;
+
+/// Where one rollup bucket lives: series, resolution, bucket start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RollupKey {
+    pub series: u64,
+    pub resolution: Resolution,
+    pub start_ms: u64,
+}
+
+impl RollupKey {
+    /// `series ‖ resolution code ‖ offset minutes ‖ bucket start`, big-endian,
+    /// so one series' buckets of one resolution are contiguous and in time order.
+    pub fn to_bytes(&self) -> [u8; 21] {
+        let mut out = [0u8; 21];
+        out[..8].copy_from_slice(&self.series.to_be_bytes());
+        out[8..13].copy_from_slice(&Self::resolution_bytes(self.resolution));
+        out[13..].copy_from_slice(&self.start_ms.to_be_bytes());
+        out
+    }
+
+    fn resolution_bytes(r: Resolution) -> [u8; 5] {
+        let (code, offset_min) = r.key_parts();
+        let mut out = [0u8; 5];
+        out[0] = code;
+        // Biased so the bytes sort like the numbers.
+        out[1..].copy_from_slice(&((offset_min as i64 + (1 << 31)) as u32).to_be_bytes());
+        out
+    }
+
+    /// The 13-byte prefix of a series at a resolution.
+    pub fn prefix(series: u64, r: Resolution) -> [u8; 13] {
+        let mut out = [0u8; 13];
+        out[..8].copy_from_slice(&series.to_be_bytes());
+        out[8..].copy_from_slice(&Self::resolution_bytes(r));
+        out
+    }
+}
+
+/// Everything the fleet state changed since its last checkpoint, written in
+/// one transaction.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    /// New series names and their ids.
+    pub series: Vec<(String, u64)>,
+    pub devices: Vec<DeviceStateRecord>,
+    pub buckets: Vec<(RollupKey, RollupRecord)>,
+    /// Per sentry: every heartbeat up to this seq is in the rollups.
+    pub marks: Vec<(u64, u64)>,
+}
+pub use backup::BackupStats;
 pub use sled_store::SledStore;
 
 /// Why the store failed.
@@ -28,6 +81,8 @@ pub enum StoreError {
     Corrupt { tree: &'static str, reason: String },
     #[error("store transaction failed: {0}")]
     Transaction(String),
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 /// What the ingest pipeline writes: one heartbeat of one sentry.
@@ -79,4 +134,53 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Every sentry's progress, by sentry id.
+    fn all_progress(&self) -> Result<Vec<(u64, ProgressRecord)>, StoreError>;
+    /// Up to `limit` heartbeats of a sentry with seq above `after`, ascending.
+    fn heartbeats_after(
+        &self,
+        sentry_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HeartbeatRecord>, StoreError>;
+    /// Retention of raw heartbeats: deletes a sentry's heartbeats with
+    /// seq ≤ `upto_seq` (the count bound) and those received before
+    /// `older_than_ms` (the age bound), but never one with seq > `max_seq`
+    /// (not yet in the rollups). Returns how many went.
+    fn prune_heartbeats(
+        &self,
+        sentry_id: u64,
+        upto_seq: u64,
+        older_than_ms: u64,
+        max_seq: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// The device registry as last checkpointed.
+    fn devices(&self) -> Result<Vec<DeviceStateRecord>, StoreError>;
+    /// Series names and ids.
+    fn series(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Per sentry, the seq up to which rollups are complete.
+    fn rollup_marks(&self) -> Result<Vec<(u64, u64)>, StoreError>;
+    fn bucket(&self, key: &RollupKey) -> Result<Option<RollupRecord>, StoreError>;
+    /// Buckets of a series at a resolution with `start ≤ bucket start ≤ end`, ascending.
+    fn buckets(
+        &self,
+        series: u64,
+        resolution: Resolution,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<(u64, RollupRecord)>, StoreError>;
+    /// Writes a checkpoint in one transaction, then flushes.
+    fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    /// Deletes buckets of these series at `resolution` that start before `before_ms`.
+    fn prune_buckets(
+        &self,
+        series: &[u64],
+        resolution: Resolution,
+        before_ms: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Writes a consistent copy of every tree to `out`. Writers wait while
+    /// it runs, so the copy is one moment of the store.
+    fn backup(&self, out: &mut dyn std::io::Write) -> Result<BackupStats, StoreError>;
 }

@@ -92,6 +92,34 @@ pub struct DeviceRecord {
     pub raw: String,
 }
 
+/// A device's latest state in the registry (tree `devices`).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct DeviceStateRecord {
+    pub id: String,
+    pub kind: String,
+    pub make: String,
+    pub model: String,
+    pub firmware: String,
+    /// The sentry that reported it last.
+    pub sentry_id: u64,
+    pub site: String,
+    pub rack: String,
+    pub tags: Vec<String>,
+    pub metrics: BTreeMap<String, f64>,
+    pub labels: BTreeMap<String, String>,
+    pub alerts: Vec<AlertRecord>,
+    pub raw: String,
+    pub first_seen_ms: u64,
+    /// When the commander last received it.
+    pub last_seen_ms: u64,
+    /// The sentry's timestamp of the last snapshot.
+    pub last_ts_ms: u64,
+}
+
+/// One rollup bucket (tree `rollups`): the aggregate kept per series,
+/// resolution and bucket start.
+pub type RollupRecord = crate::fleet::rollup::Bucket;
+
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct AlertRecord {
     pub code: String,

@@ -10,22 +10,36 @@ use sled::Transactional;
 use super::records::{
     self, HeartbeatRecord, ProgressRecord, SentryRecord, SentryState, TokenRecord,
 };
-use super::{HeartbeatWrite, Store, StoreError, TokenUse};
+use super::{BackupStats, Checkpoint, HeartbeatWrite, RollupKey, Store, StoreError, TokenUse};
+use crate::fleet::rollup::Resolution;
+use crate::store::records::{DeviceStateRecord, RollupRecord};
 
 const SENTRIES: &str = "sentries";
 const NODE_KEYS: &str = "node_keys";
 const PROGRESS: &str = "progress";
 const TOKENS: &str = "tokens";
 const HEARTBEATS: &str = "heartbeats";
+const DEVICES: &str = "devices";
+const SERIES: &str = "series";
+const ROLLUPS: &str = "rollups";
+const ROLLUP_MARKS: &str = "rollup_marks";
 
 /// sled-backed [`Store`].
+///
+/// Every write takes the `gate` shared; [`Store::backup`] takes it
+/// exclusively, so a backup sees no half-written group of trees.
 pub struct SledStore {
+    gate: std::sync::RwLock<()>,
     db: sled::Db,
     sentries: sled::Tree,
     node_keys: sled::Tree,
     progress: sled::Tree,
     tokens: sled::Tree,
     heartbeats: sled::Tree,
+    devices: sled::Tree,
+    series: sled::Tree,
+    rollups: sled::Tree,
+    rollup_marks: sled::Tree,
 }
 
 fn heartbeat_key(sentry_id: u64, seq: u64) -> [u8; 16] {
@@ -45,11 +59,16 @@ impl SledStore {
             .flush_every_ms(None)
             .open()?;
         Ok(SledStore {
+            gate: std::sync::RwLock::new(()),
             sentries: db.open_tree(SENTRIES)?,
             node_keys: db.open_tree(NODE_KEYS)?,
             progress: db.open_tree(PROGRESS)?,
             tokens: db.open_tree(TOKENS)?,
             heartbeats: db.open_tree(HEARTBEATS)?,
+            devices: db.open_tree(DEVICES)?,
+            series: db.open_tree(SERIES)?,
+            rollups: db.open_tree(ROLLUPS)?,
+            rollup_marks: db.open_tree(ROLLUP_MARKS)?,
             db,
         })
     }
@@ -90,6 +109,7 @@ impl Store for SledStore {
     }
 
     fn put_sentry(&self, record: &SentryRecord) -> Result<(), StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let id = record.sentry_id.to_be_bytes();
         let value = records::encode(record);
         let keys: Vec<[u8; 32]> = std::iter::once(record.node_key)
@@ -118,12 +138,14 @@ impl Store for SledStore {
     }
 
     fn put_token(&self, hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
         self.tokens.insert(hash, records::encode(record))?;
         self.db.flush()?;
         Ok(())
     }
 
     fn use_token(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenUse, StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
         loop {
             let Some(current) = self.tokens.get(hash)? else {
                 return Ok(TokenUse::Unknown);
@@ -150,6 +172,7 @@ impl Store for SledStore {
     }
 
     fn append_heartbeats(&self, batch: &[HeartbeatWrite]) -> Result<(), StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if batch.is_empty() {
             return Ok(());
         }
@@ -227,6 +250,233 @@ impl Store for SledStore {
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
     }
+
+    fn all_progress(&self) -> Result<Vec<(u64, ProgressRecord)>, StoreError> {
+        self.progress
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((be_u64(PROGRESS, &k)?, records::decode(PROGRESS, &v)?))
+            })
+            .collect()
+    }
+
+    fn heartbeats_after(
+        &self,
+        sentry_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HeartbeatRecord>, StoreError> {
+        let start = heartbeat_key(sentry_id, after.saturating_add(1));
+        let end = heartbeat_key(sentry_id, u64::MAX);
+        self.heartbeats
+            .range(start..=end)
+            .take(limit)
+            .map(|kv| records::decode(HEARTBEATS, &kv?.1))
+            .collect()
+    }
+
+    fn prune_heartbeats(
+        &self,
+        sentry_id: u64,
+        upto_seq: u64,
+        older_than_ms: u64,
+        max_seq: u64,
+    ) -> Result<u64, StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut n = 0u64;
+        for kv in self
+            .heartbeats
+            .range(heartbeat_key(sentry_id, 0)..=heartbeat_key(sentry_id, max_seq))
+        {
+            let (key, value) = kv?;
+            let seq = u64::from_be_bytes(key[8..16].try_into().expect("16-byte key"));
+            let old = if seq <= upto_seq {
+                true
+            } else {
+                let record: HeartbeatRecord = records::decode(HEARTBEATS, &value)?;
+                record.received_ms < older_than_ms
+            };
+            if !old {
+                // Keys are in seq order and receipt times rise with seq.
+                break;
+            }
+            batch.remove(key);
+            n += 1;
+        }
+        if n > 0 {
+            self.heartbeats.apply_batch(batch)?;
+        }
+        Ok(n)
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceStateRecord>, StoreError> {
+        self.devices
+            .iter()
+            .map(|kv| records::decode(DEVICES, &kv?.1))
+            .collect()
+    }
+
+    fn series(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.series
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let name = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
+                    tree: SERIES,
+                    reason: "series name is not UTF-8".into(),
+                })?;
+                Ok((name, be_u64(SERIES, &v)?))
+            })
+            .collect()
+    }
+
+    fn rollup_marks(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.rollup_marks
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((be_u64(ROLLUP_MARKS, &k)?, be_u64(ROLLUP_MARKS, &v)?))
+            })
+            .collect()
+    }
+
+    fn bucket(&self, key: &RollupKey) -> Result<Option<RollupRecord>, StoreError> {
+        self.rollups
+            .get(key.to_bytes())?
+            .map(|v| records::decode(ROLLUPS, &v))
+            .transpose()
+    }
+
+    fn buckets(
+        &self,
+        series: u64,
+        resolution: Resolution,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<(u64, RollupRecord)>, StoreError> {
+        let from = RollupKey {
+            series,
+            resolution,
+            start_ms,
+        }
+        .to_bytes();
+        let to = RollupKey {
+            series,
+            resolution,
+            start_ms: end_ms,
+        }
+        .to_bytes();
+        self.rollups
+            .range(from..=to)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let start = u64::from_be_bytes(k[13..21].try_into().expect("21-byte key"));
+                Ok((start, records::decode(ROLLUPS, &v)?))
+            })
+            .collect()
+    }
+
+    fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let series: Vec<(Vec<u8>, [u8; 8])> = cp
+            .series
+            .iter()
+            .map(|(n, id)| (n.as_bytes().to_vec(), id.to_be_bytes()))
+            .collect();
+        let devices: Vec<(Vec<u8>, Vec<u8>)> = cp
+            .devices
+            .iter()
+            .map(|d| (d.id.as_bytes().to_vec(), records::encode(d)))
+            .collect();
+        let buckets: Vec<([u8; 21], Vec<u8>)> = cp
+            .buckets
+            .iter()
+            .map(|(k, b)| (k.to_bytes(), records::encode(b)))
+            .collect();
+        (
+            &self.series,
+            &self.devices,
+            &self.rollups,
+            &self.rollup_marks,
+        )
+            .transaction(|(series_t, devices_t, rollups_t, marks_t)| {
+                for (k, v) in &series {
+                    series_t.insert(k.as_slice(), v)?;
+                }
+                for (k, v) in &devices {
+                    devices_t.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in &buckets {
+                    rollups_t.insert(k, v.as_slice())?;
+                }
+                for (sentry, seq) in &cp.marks {
+                    marks_t.insert(&sentry.to_be_bytes(), &seq.to_be_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_error)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn prune_buckets(
+        &self,
+        series: &[u64],
+        resolution: Resolution,
+        before_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0u64;
+        for &s in series {
+            let from = RollupKey {
+                series: s,
+                resolution,
+                start_ms: 0,
+            }
+            .to_bytes();
+            let to = RollupKey {
+                series: s,
+                resolution,
+                start_ms: before_ms,
+            }
+            .to_bytes();
+            let mut batch = sled::Batch::default();
+            let mut any = false;
+            for kv in self.rollups.range(from..to) {
+                batch.remove(kv?.0);
+                any = true;
+                n += 1;
+            }
+            if any {
+                self.rollups.apply_batch(batch)?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn backup(&self, out: &mut dyn std::io::Write) -> Result<BackupStats, StoreError> {
+        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        super::backup::export(&self.db, out)
+    }
+}
+
+impl SledStore {
+    /// Restores a backup file into `dir`, which must not hold a store yet.
+    pub fn restore(file: &Path, dir: &Path) -> Result<BackupStats, StoreError> {
+        super::backup::restore(file, dir)
+    }
+}
+
+fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            tree,
+            reason: format!("expected 8 bytes, found {}", bytes.len()),
+        })
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {

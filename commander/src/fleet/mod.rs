@@ -1,0 +1,651 @@
+//! The fleet: every device's latest state and the time-series rollups,
+//! derived from the durable heartbeats.
+//!
+//! The ingest writer applies each batch it has stored ([`Fleet::apply`]);
+//! everything here is then updated in memory: the registry and the open
+//! rollup buckets of every device series and group series. A periodic
+//! [`Fleet::checkpoint`] writes what changed (devices, buckets, new series
+//! names) together with a per-sentry mark, "rollups hold every heartbeat up
+//! to this seq", in one store transaction. After a crash, [`Fleet::load`]
+//! replays the stored heartbeats above each mark: the rollups come back
+//! exactly, with no sample counted twice or lost.
+//!
+//! Group series (for tail and daily aggregates) exist per `type` and per
+//! `type` + tag, for the metrics listed in the config, so dashboards never
+//! scan devices.
+
+pub mod device;
+pub mod retention;
+pub mod rollup;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::Value;
+
+use crate::query::{Projection, Query, Sort};
+use crate::store::{Checkpoint, DeviceStateRecord, HeartbeatRecord, RollupKey, Store, StoreError};
+use device::{Status, StatusRules};
+use rollup::{Bucket, Resolution};
+
+/// Most buckets one series read may cover.
+pub const MAX_BUCKETS_PER_READ: u64 = 100_000;
+const SEP: char = '\u{1f}';
+
+/// What the fleet is configured to keep.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub rules: StatusRules,
+    /// Every resolution kept: 1m, 5m, 1h and one 1d per timezone offset.
+    pub resolutions: Vec<Resolution>,
+    /// Metrics rolled up per group (type, type + tag).
+    pub group_metrics: HashSet<String>,
+    /// Configured timezone offsets (ms) for daily buckets.
+    pub timezone_offsets: Vec<i64>,
+}
+
+impl FleetConfig {
+    pub fn new(timezone_offsets: Vec<i64>, group_metrics: Vec<String>, rules: StatusRules) -> Self {
+        let mut resolutions = vec![Resolution::M1, Resolution::M5, Resolution::H1];
+        let mut offsets = timezone_offsets.clone();
+        if offsets.is_empty() {
+            offsets.push(0);
+        }
+        offsets.sort_unstable();
+        offsets.dedup();
+        resolutions.extend(
+            offsets
+                .iter()
+                .map(|&offset_ms| Resolution::D1 { offset_ms }),
+        );
+        FleetConfig {
+            rules,
+            resolutions,
+            group_metrics: group_metrics.into_iter().collect(),
+            timezone_offsets: offsets,
+        }
+    }
+}
+
+/// Why a fleet read was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the range covers {0} buckets; at most {MAX_BUCKETS_PER_READ} per request: narrow the range or use a coarser resolution")]
+    RangeTooLong(u64),
+    #[error("resolution {0} is not kept by this commander (daily buckets exist for the configured timezone offsets only)")]
+    NotKept(String),
+}
+
+struct Entry {
+    record: DeviceStateRecord,
+    /// The document and the status it was built with.
+    doc: Option<(Status, Value)>,
+    dirty_gen: u64,
+}
+
+struct CachedBucket {
+    bucket: Bucket,
+    dirty_gen: u64,
+}
+
+#[derive(Default)]
+struct State {
+    gen: u64,
+    devices: BTreeMap<String, Entry>,
+    series: HashMap<String, u64>,
+    next_series: u64,
+    unsaved_series: Vec<(String, u64)>,
+    buckets: HashMap<RollupKey, CachedBucket>,
+    /// Per sentry: (seq in rollups, dirty generation).
+    marks: HashMap<u64, (u64, u64)>,
+    /// Per sentry: (site, rack), from its hello labels.
+    places: HashMap<u64, (String, String)>,
+}
+
+impl State {
+    fn series_id(&mut self, name: String) -> u64 {
+        if let Some(id) = self.series.get(&name) {
+            return *id;
+        }
+        let id = self.next_series;
+        self.next_series += 1;
+        self.unsaved_series.push((name.clone(), id));
+        self.series.insert(name, id);
+        id
+    }
+
+    fn bucket_mut(&mut self, store: &dyn Store, key: RollupKey) -> Result<&mut Bucket, StoreError> {
+        let gen = self.gen;
+        let cached = match self.buckets.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let bucket = store.bucket(&key)?.unwrap_or_default();
+                v.insert(CachedBucket {
+                    bucket,
+                    dirty_gen: 0,
+                })
+            }
+        };
+        cached.dirty_gen = gen;
+        Ok(&mut cached.bucket)
+    }
+
+    fn place(&mut self, store: &dyn Store, sentry_id: u64) -> Result<(String, String), StoreError> {
+        if let Some(p) = self.places.get(&sentry_id) {
+            return Ok(p.clone());
+        }
+        let place = match store.sentry(sentry_id)? {
+            Some(r) => (
+                r.labels.get("site").cloned().unwrap_or_default(),
+                r.labels.get("rack").cloned().unwrap_or_default(),
+            ),
+            None => Default::default(),
+        };
+        self.places.insert(sentry_id, place.clone());
+        Ok(place)
+    }
+}
+
+/// Name of a device's metric series.
+pub fn device_series(device_id: &str, metric: &str) -> String {
+    format!("d{SEP}{device_id}{SEP}{metric}")
+}
+
+/// Name of a group's metric series; `tag` `*` is the whole type.
+pub fn group_series(kind: &str, tag: &str, metric: &str) -> String {
+    format!("g{SEP}{kind}/{tag}{SEP}{metric}")
+}
+
+/// What a checkpoint wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointStats {
+    pub devices: usize,
+    pub buckets: usize,
+    pub series: usize,
+}
+
+pub struct Fleet {
+    config: FleetConfig,
+    state: Mutex<State>,
+}
+
+impl Fleet {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> &FleetConfig {
+        &self.config
+    }
+
+    /// Loads the registry and rollups, replays heartbeats stored after the
+    /// last checkpoint, and checkpoints the result. Blocking.
+    pub fn load(store: &dyn Store, config: FleetConfig) -> Result<Fleet, StoreError> {
+        let mut state = State::default();
+        for (name, id) in store.series()? {
+            state.next_series = state.next_series.max(id + 1);
+            state.series.insert(name, id);
+        }
+        for record in store.devices()? {
+            state.devices.insert(
+                record.id.clone(),
+                Entry {
+                    record,
+                    doc: None,
+                    dirty_gen: 0,
+                },
+            );
+        }
+        for (sentry, seq) in store.rollup_marks()? {
+            state.marks.insert(sentry, (seq, 0));
+        }
+        let fleet = Fleet {
+            config,
+            state: Mutex::new(state),
+        };
+        let mut replayed = 0u64;
+        for (sentry, progress) in store.all_progress()? {
+            let mut mark = fleet.lock().marks.get(&sentry).map(|m| m.0).unwrap_or(0);
+            while mark < progress.last_seq {
+                let batch = store.heartbeats_after(sentry, mark, 1000)?;
+                let Some(last) = batch.last().map(|h| h.seq) else {
+                    break;
+                };
+                for hb in &batch {
+                    fleet.apply(store, sentry, hb)?;
+                }
+                replayed += batch.len() as u64;
+                mark = last;
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                "rollups rebuilt from heartbeats stored after the last checkpoint"
+            );
+            fleet.checkpoint(store, hashfleet_shared::now_ms())?;
+        }
+        Ok(fleet)
+    }
+
+    /// Forgets the cached place of a sentry (its labels changed).
+    pub fn forget_place(&self, sentry_id: u64) {
+        self.lock().places.remove(&sentry_id);
+    }
+
+    /// Folds one stored heartbeat into the registry and rollups. Blocking
+    /// (it may read buckets from the store).
+    pub fn apply(
+        &self,
+        store: &dyn Store,
+        sentry_id: u64,
+        hb: &HeartbeatRecord,
+    ) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        st.gen += 1;
+        let gen = st.gen;
+        let (site, rack) = st.place(store, sentry_id)?;
+        for snapshot in &hb.devices {
+            if snapshot.id.is_empty() {
+                continue;
+            }
+            let record = device::update(
+                st.devices.get(&snapshot.id).map(|e| &e.record),
+                snapshot,
+                sentry_id,
+                &site,
+                &rack,
+                hb.ts_ms,
+                hb.received_ms,
+            );
+            let online = device::reported_status(&record, &self.config.rules).is_online();
+            let mut samples: Vec<(String, f64)> = record
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            samples.push(("online".into(), if online { 1.0 } else { 0.0 }));
+            samples.push(("offline".into(), if online { 0.0 } else { 1.0 }));
+            let groups: Vec<String> = std::iter::once("*".to_string())
+                .chain(record.tags.iter().cloned())
+                .collect();
+            for (metric, value) in samples {
+                let dseries = st.series_id(device_series(&record.id, &metric));
+                let gseries: Vec<u64> = if self.config.group_metrics.contains(&metric) {
+                    groups
+                        .iter()
+                        .map(|g| st.series_id(group_series(&record.kind, g, &metric)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                for &resolution in &self.config.resolutions {
+                    let start_ms = resolution.bucket_start(hb.ts_ms);
+                    let key = RollupKey {
+                        series: dseries,
+                        resolution,
+                        start_ms,
+                    };
+                    let b = st.bucket_mut(store, key)?;
+                    let before = b.avg();
+                    b.add(hb.ts_ms, value);
+                    let after = b.avg().unwrap_or(value);
+                    for &g in &gseries {
+                        let gkey = RollupKey {
+                            series: g,
+                            resolution,
+                            start_ms,
+                        };
+                        st.bucket_mut(store, gkey)?
+                            .add_to_group(hb.ts_ms, value, before, after);
+                    }
+                }
+            }
+            st.devices.insert(
+                record.id.clone(),
+                Entry {
+                    record,
+                    doc: None,
+                    dirty_gen: gen,
+                },
+            );
+        }
+        st.marks.insert(sentry_id, (hb.seq, gen));
+        Ok(())
+    }
+
+    /// Writes everything changed since the last checkpoint in one
+    /// transaction, then drops closed buckets from memory. Blocking.
+    pub fn checkpoint(
+        &self,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> Result<CheckpointStats, StoreError> {
+        let (cp, gen) = {
+            let st = self.lock();
+            let cp = Checkpoint {
+                series: st.unsaved_series.clone(),
+                devices: st
+                    .devices
+                    .values()
+                    .filter(|e| e.dirty_gen > 0)
+                    .map(|e| e.record.clone())
+                    .collect(),
+                buckets: st
+                    .buckets
+                    .iter()
+                    .filter(|(_, c)| c.dirty_gen > 0)
+                    .map(|(k, c)| (*k, c.bucket))
+                    .collect(),
+                marks: st
+                    .marks
+                    .iter()
+                    .filter(|(_, m)| m.1 > 0)
+                    .map(|(s, m)| (*s, m.0))
+                    .collect(),
+            };
+            (cp, st.gen)
+        };
+        let stats = CheckpointStats {
+            devices: cp.devices.len(),
+            buckets: cp.buckets.len(),
+            series: cp.series.len(),
+        };
+        if stats.devices == 0 && stats.buckets == 0 && stats.series == 0 && cp.marks.is_empty() {
+            return Ok(stats);
+        }
+        store.checkpoint(&cp)?;
+        let mut st = self.lock();
+        st.unsaved_series.drain(..cp.series.len());
+        for (key, _) in &cp.buckets {
+            if let Some(c) = st.buckets.get_mut(key) {
+                if c.dirty_gen <= gen {
+                    c.dirty_gen = 0;
+                }
+            }
+        }
+        for d in &cp.devices {
+            if let Some(e) = st.devices.get_mut(&d.id) {
+                if e.dirty_gen <= gen {
+                    e.dirty_gen = 0;
+                }
+            }
+        }
+        for (sentry, _) in &cp.marks {
+            if let Some(m) = st.marks.get_mut(sentry) {
+                if m.1 <= gen {
+                    m.1 = 0;
+                }
+            }
+        }
+        // Closed, saved buckets need not stay in memory.
+        st.buckets
+            .retain(|k, c| c.dirty_gen > 0 || k.start_ms + 2 * k.resolution.width_ms() > now_ms);
+        Ok(stats)
+    }
+
+    /// Runs `query` over every device document, sorted, paged, projected.
+    pub fn query(
+        &self,
+        query: &Query,
+        sort: &Sort,
+        projection: &Projection,
+        offset: usize,
+        limit: usize,
+        now_ms: u64,
+    ) -> (usize, Vec<Value>) {
+        let mut st = self.lock();
+        let rules = self.config.rules;
+        for e in st.devices.values_mut() {
+            let s = device::status(&e.record, now_ms, &rules);
+            if e.doc.as_ref().map(|d| d.0) != Some(s) {
+                e.doc = Some((s, device::document(&e.record, s)));
+            }
+        }
+        let mut hits: Vec<&Value> = st
+            .devices
+            .values()
+            .filter_map(|e| e.doc.as_ref().map(|d| &d.1))
+            .filter(|d| query.matches(d))
+            .collect();
+        let total = hits.len();
+        if !sort.is_empty() {
+            // Stable: ties keep id order.
+            hits.sort_by(|a, b| sort.compare(a, b));
+        }
+        let page = hits
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|d| projection.apply(d))
+            .collect();
+        (total, page)
+    }
+
+    /// One device's document.
+    pub fn device(&self, id: &str, now_ms: u64) -> Option<Value> {
+        let st = self.lock();
+        let e = st.devices.get(id)?;
+        Some(device::document(
+            &e.record,
+            device::status(&e.record, now_ms, &self.config.rules),
+        ))
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.lock().devices.len()
+    }
+
+    /// Checks that a resolution is kept.
+    pub fn kept(&self, r: Resolution) -> Result<(), FleetError> {
+        if self.config.resolutions.contains(&r) {
+            Ok(())
+        } else {
+            Err(FleetError::NotKept(match r {
+                Resolution::D1 { offset_ms } => format!("1d at offset {offset_ms} ms"),
+                other => other.name().to_string(),
+            }))
+        }
+    }
+
+    /// Buckets of a series in `[start, end]` (by bucket start), ascending,
+    /// including those not yet checkpointed. Blocking.
+    pub fn read_series(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        r: Resolution,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<(u64, Bucket)>, FleetError> {
+        self.kept(r)?;
+        let first = r.bucket_start(start_ms);
+        if end_ms < first {
+            return Ok(Vec::new());
+        }
+        let span = (end_ms - first) / r.width_ms() + 1;
+        if span > MAX_BUCKETS_PER_READ {
+            return Err(FleetError::RangeTooLong(span));
+        }
+        // Hold the lock across the store read: a checkpoint only forgets a
+        // bucket after it is stored, so nothing falls between the two.
+        let st = self.lock();
+        let Some(&series) = st.series.get(name) else {
+            return Ok(Vec::new());
+        };
+        let mut out: BTreeMap<u64, Bucket> = store
+            .buckets(series, r, first, end_ms)?
+            .into_iter()
+            .collect();
+        let mut t = first;
+        while t <= end_ms {
+            if let Some(c) = st.buckets.get(&RollupKey {
+                series,
+                resolution: r,
+                start_ms: t,
+            }) {
+                out.insert(t, c.bucket);
+            }
+            t += r.width_ms();
+        }
+        Ok(out.into_iter().filter(|(_, b)| b.count > 0).collect())
+    }
+
+    /// Fleet metrics for Prometheus, summed over devices that share the
+    /// same bounded labels (never per device or IP).
+    pub fn prometheus(&self, now_ms: u64, out: &mut String) {
+        type Labels = (String, String, String, String, String, String, String);
+        #[derive(Default)]
+        struct Sums {
+            hashrate: f64,
+            expected: f64,
+            power: f64,
+            temp_max: Option<f64>,
+            by_status: BTreeMap<&'static str, u64>,
+            alerts: BTreeMap<String, u64>,
+        }
+        let st = self.lock();
+        let mut groups: BTreeMap<Labels, Sums> = BTreeMap::new();
+        for e in st.devices.values() {
+            let d = &e.record;
+            let key = (
+                d.site.clone(),
+                d.rack.clone(),
+                d.kind.clone(),
+                d.make.clone(),
+                d.model.clone(),
+                d.firmware.clone(),
+                format!("{:016x}", d.sentry_id),
+            );
+            let s = groups.entry(key).or_default();
+            let status = device::status(d, now_ms, &self.config.rules);
+            *s.by_status.entry(status.as_str()).or_default() += 1;
+            if status.is_online() {
+                s.hashrate += d.metrics.get("hashrate_hs").copied().unwrap_or(0.0);
+                s.expected += d
+                    .metrics
+                    .get("expected_hashrate_hs")
+                    .copied()
+                    .unwrap_or(0.0);
+                s.power += d.metrics.get("power_w").copied().unwrap_or(0.0);
+                if let Some(t) = d.metrics.get("temp_c") {
+                    s.temp_max = Some(s.temp_max.map_or(*t, |m| m.max(*t)));
+                }
+            }
+            for a in &d.alerts {
+                *s.alerts.entry(a.severity.clone()).or_default() += 1;
+            }
+        }
+        let labels = |l: &Labels| {
+            format!(
+                "site=\"{}\",rack=\"{}\",type=\"{}\",make=\"{}\",model=\"{}\",firmware=\"{}\",sentry=\"{}\"",
+                esc(&l.0),
+                esc(&l.1),
+                esc(&l.2),
+                esc(&l.3),
+                esc(&l.4),
+                esc(&l.5),
+                esc(&l.6)
+            )
+        };
+        let header = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+        };
+        header(out, "hashfleet_devices", "Devices by status class.");
+        for (l, s) in &groups {
+            for status in Status::ALL {
+                let n = s.by_status.get(status.as_str()).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "hashfleet_devices{{{},status=\"{}\"}} {n}",
+                    labels(l),
+                    status.as_str()
+                );
+            }
+        }
+        header(
+            out,
+            "hashfleet_hashrate_hashes_per_second",
+            "Hashrate of online devices.",
+        );
+        for (l, s) in &groups {
+            let _ = writeln!(
+                out,
+                "hashfleet_hashrate_hashes_per_second{{{}}} {}",
+                labels(l),
+                s.hashrate
+            );
+        }
+        header(
+            out,
+            "hashfleet_expected_hashrate_hashes_per_second",
+            "Nominal hashrate of online devices.",
+        );
+        for (l, s) in &groups {
+            let _ = writeln!(
+                out,
+                "hashfleet_expected_hashrate_hashes_per_second{{{}}} {}",
+                labels(l),
+                s.expected
+            );
+        }
+        header(
+            out,
+            "hashfleet_power_watts",
+            "Power drawn by online devices.",
+        );
+        for (l, s) in &groups {
+            let _ = writeln!(out, "hashfleet_power_watts{{{}}} {}", labels(l), s.power);
+        }
+        header(
+            out,
+            "hashfleet_temperature_max_celsius",
+            "Highest temperature among online devices.",
+        );
+        for (l, s) in &groups {
+            if let Some(t) = s.temp_max {
+                let _ = writeln!(
+                    out,
+                    "hashfleet_temperature_max_celsius{{{}}} {t}",
+                    labels(l)
+                );
+            }
+        }
+        header(
+            out,
+            "hashfleet_device_alerts",
+            "Active device alerts by severity.",
+        );
+        for (l, s) in &groups {
+            for sev in ["critical", "high", "medium"] {
+                let n = s.alerts.get(sev).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "hashfleet_device_alerts{{{},severity=\"{sev}\"}} {n}",
+                    labels(l)
+                );
+            }
+        }
+    }
+
+    /// Every series id, for retention.
+    pub fn series_ids(&self) -> Vec<u64> {
+        self.lock().series.values().copied().collect()
+    }
+
+    /// The seq up to which a sentry's heartbeats are in the rollups.
+    pub fn mark(&self, sentry_id: u64) -> u64 {
+        self.lock().marks.get(&sentry_id).map(|m| m.0).unwrap_or(0)
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
