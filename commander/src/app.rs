@@ -79,11 +79,12 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     for key in store.revoked_keys()? {
         revoked.insert(NodeId::from_public_key(key));
     }
-    let fleet_config = FleetConfig::new(
+    let mut fleet_config = FleetConfig::new(
         config.timezones.iter().map(|t| t.offset_ms).collect(),
         config.group_metrics.clone(),
         config.status_rules,
     );
+    fleet_config.group_tag_prefixes = config.group_tag_prefixes.clone();
     let store2 = store.clone();
     let fleet = Arc::new(
         tokio::task::spawn_blocking(move || Fleet::load(store2.as_ref(), fleet_config))

@@ -30,6 +30,8 @@ pub struct CommanderConfig {
     pub checkpoint: Duration,
     /// Metrics rolled up per device type and tag.
     pub group_metrics: Vec<String>,
+    /// Tags (by prefix) that get group rollups.
+    pub group_tag_prefixes: Vec<String>,
     pub retention: Retention,
     /// Serve `/metrics` without a bearer token.
     pub metrics_public: bool,
@@ -68,10 +70,14 @@ impl CommanderConfig {
                 offset_ms: 0,
             }],
             status_rules: StatusRules::default(),
-            checkpoint: Duration::from_secs(10),
+            checkpoint: Duration::from_secs(30),
             group_metrics: DEFAULT_GROUP_METRICS
                 .iter()
                 .map(|m| m.to_string())
+                .collect(),
+            group_tag_prefixes: crate::fleet::DEFAULT_GROUP_TAG_PREFIXES
+                .iter()
+                .map(|p| p.to_string())
                 .collect(),
             retention: Retention::default(),
             metrics_public: false,
@@ -157,6 +163,8 @@ pub struct DevicesFile {
 pub struct RollupsFile {
     pub checkpoint_secs: Option<u64>,
     pub group_metrics: Option<Vec<String>>,
+    /// Tag prefixes with group rollups, default `["t-", "site-", "rack-"]`.
+    pub group_tag_prefixes: Option<Vec<String>>,
 }
 
 /// `[retention]`: ages in seconds.
@@ -235,6 +243,9 @@ impl FileConfig {
         }
         if let Some(v) = self.rollups.group_metrics {
             c.group_metrics = v;
+        }
+        if let Some(v) = self.rollups.group_tag_prefixes {
+            c.group_tag_prefixes = v;
         }
         let r = &self.retention;
         let ret = &mut c.retention;

@@ -72,6 +72,8 @@ pub async fn run(
     println!("  data         {} (removed on exit)", temp.path().display());
     println!();
     println!("  curl -s -H 'Authorization: Bearer {token}' {url}/api/v1/sentries");
+    println!("  curl -s -H 'Authorization: Bearer {token}' -H 'content-type: application/json' -d '{{\"query\":{{\"type\":\"host\"}}}}' {url}/api/v1/devices/query");
+    println!("  curl -s -H 'Authorization: Bearer {token}' '{url}/api/v1/devices/export.csv'");
     println!();
     println!("Press Ctrl-C to stop.");
 

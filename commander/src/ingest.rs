@@ -150,6 +150,10 @@ async fn commit(
         Ok((count, duplicates)) => {
             *stored = known;
             metrics.commit(started.elapsed().as_secs_f64());
+            let now = hashfleet_shared::now_ms();
+            for item in &batch {
+                metrics.ingest_latency(now.saturating_sub(item.record.received_ms) as f64 / 1e3);
+            }
             metrics.heartbeats_n("ok", count);
             metrics.heartbeats_n("duplicate", duplicates);
             for item in &batch {
@@ -292,6 +296,9 @@ mod tests {
         fn size_on_disk(&self) -> Result<u64, StoreError> {
             Ok(0)
         }
+        fn logical_bytes(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
         fn all_progress(&self) -> Result<Vec<(u64, ProgressRecord)>, StoreError> {
             Ok(vec![])
         }
@@ -312,7 +319,9 @@ mod tests {
         fn series(&self) -> Result<Vec<(String, u64)>, StoreError> {
             Ok(vec![])
         }
-        fn rollup_marks(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        fn rollup_marks(
+            &self,
+        ) -> Result<Vec<(u64, crate::fleet::rollup::Resolution, u64)>, StoreError> {
             Ok(vec![])
         }
         fn bucket(

@@ -31,7 +31,7 @@ pub const HANDSHAKE_RESULTS: [&str; 7] = [
     "store_error",
 ];
 
-/// Bucket bounds (seconds) of the ingest commit histogram.
+/// Bucket bounds (seconds) of the ingest histograms.
 const COMMIT_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 #[derive(Debug, Default)]
@@ -39,9 +39,8 @@ pub struct Metrics {
     heartbeats: [AtomicU64; 8],
     handshakes: [AtomicU64; 7],
     connected: AtomicI64,
-    commit_buckets: [AtomicU64; 10],
-    commit_count: AtomicU64,
-    commit_sum_micros: AtomicU64,
+    commit: Histogram,
+    latency: Histogram,
 }
 
 impl Metrics {
@@ -77,15 +76,14 @@ impl Metrics {
         self.connected.fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Time to store and flush one batch.
     pub fn commit(&self, seconds: f64) {
-        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.commit_count.fetch_add(1, Ordering::Relaxed);
-        self.commit_sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.commit.observe(seconds);
+    }
+
+    /// Time from receiving a heartbeat to having it durably stored.
+    pub fn ingest_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
     }
 
     /// Prometheus text exposition of everything, plus the store size.
@@ -131,26 +129,16 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE hashfleet_sentries gauge");
         let _ = writeln!(out, "hashfleet_sentries {sentries}");
-        let _ = writeln!(out, "# HELP hashfleet_ingest_commit_seconds Time to store and flush one batch of heartbeats.");
-        let _ = writeln!(out, "# TYPE hashfleet_ingest_commit_seconds histogram");
-        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hashfleet_ingest_commit_seconds_bucket{{le=\"{bound}\"}} {}",
-                self.commit_buckets[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.commit_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "hashfleet_ingest_commit_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.commit.render(
+            &mut out,
+            "hashfleet_ingest_commit_seconds",
+            "Time to store and flush one batch of heartbeats.",
         );
-        let _ = writeln!(
-            out,
-            "hashfleet_ingest_commit_seconds_sum {}",
-            self.commit_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        self.latency.render(
+            &mut out,
+            "hashfleet_ingest_latency_seconds",
+            "Time from receiving a heartbeat to storing it durably.",
         );
-        let _ = writeln!(out, "hashfleet_ingest_commit_seconds_count {count}");
         let _ = writeln!(
             out,
             "# HELP hashfleet_store_size_bytes Bytes the store occupies on disk."
@@ -177,5 +165,46 @@ fn counter_family(
             "{name}{{result=\"{r}\"}} {}",
             v.load(Ordering::Relaxed)
         );
+    }
+}
+
+/// A Prometheus histogram with fixed buckets (seconds).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
     }
 }

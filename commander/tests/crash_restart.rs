@@ -195,26 +195,29 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
     let start = hbs.as_array().unwrap().last().unwrap()["ts_ms"]
         .as_u64()
         .unwrap();
-    let history = get(
-        &client,
-        &format!(
-            "{}/api/v1/devices/{id}/history?metric=cpu_pct&resolution=1m&start={start}&end={}",
-            commander.http,
-            hashfleet_shared::now_ms()
-        ),
-        &admin,
-    )
-    .await;
-    let samples: u64 = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(
-        samples, max,
-        "rollup samples = stored heartbeats: {history}"
-    );
+    let mut samples = 0;
+    for resolution in ["1m", "5m", "1h", "1d"] {
+        let history = get(
+            &client,
+            &format!(
+                "{}/api/v1/devices/{id}/history?metric=cpu_pct&resolution={resolution}&start={start}&end={}",
+                commander.http,
+                hashfleet_shared::now_ms()
+            ),
+            &admin,
+        )
+        .await;
+        samples = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            samples, max,
+            "{resolution} rollup samples = stored heartbeats: {history}"
+        );
+    }
     eprintln!(
         "produced {produced}, stored {max}, acknowledged {acked}, rollup samples {samples}; time to first ack after each restart: {reconnect_times:?}"
     );

@@ -29,6 +29,10 @@ use crate::store::{Checkpoint, DeviceStateRecord, HeartbeatRecord, RollupKey, St
 use device::{Status, StatusRules};
 use rollup::{Bucket, Resolution};
 
+/// Tags with group series unless configured otherwise: per-sentry groups
+/// (`sentry-…`) are left out, they would multiply the series by sentries.
+pub const DEFAULT_GROUP_TAG_PREFIXES: [&str; 3] = ["t-", "site-", "rack-"];
+
 /// Most buckets one series read may cover.
 pub const MAX_BUCKETS_PER_READ: u64 = 100_000;
 const SEP: char = '\u{1f}';
@@ -43,6 +47,8 @@ pub struct FleetConfig {
     pub group_metrics: HashSet<String>,
     /// Configured timezone offsets (ms) for daily buckets.
     pub timezone_offsets: Vec<i64>,
+    /// Tags that get group series, by prefix (`t-`, `site-`, `rack-`).
+    pub group_tag_prefixes: Vec<String>,
 }
 
 impl FleetConfig {
@@ -64,6 +70,10 @@ impl FleetConfig {
             resolutions,
             group_metrics: group_metrics.into_iter().collect(),
             timezone_offsets: offsets,
+            group_tag_prefixes: DEFAULT_GROUP_TAG_PREFIXES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
         }
     }
 }
@@ -99,8 +109,11 @@ struct State {
     next_series: u64,
     unsaved_series: Vec<(String, u64)>,
     buckets: HashMap<RollupKey, CachedBucket>,
-    /// Per sentry: (seq in rollups, dirty generation).
-    marks: HashMap<u64, (u64, u64)>,
+    /// Per sentry: the last heartbeat applied in memory.
+    applied: HashMap<u64, u64>,
+    /// Per sentry and resolution: the mark stored with that resolution's
+    /// buckets (every heartbeat up to it is in them, none after it).
+    saved: HashMap<(u64, Resolution), u64>,
     /// Per sentry: (site, rack), from its hello labels.
     places: HashMap<u64, (String, String)>,
 }
@@ -170,6 +183,8 @@ pub struct CheckpointStats {
 pub struct Fleet {
     config: FleetConfig,
     state: Mutex<State>,
+    /// One checkpoint at a time: each takes what is dirty and marks it clean.
+    checkpointing: Mutex<()>,
 }
 
 impl Fleet {
@@ -199,34 +214,50 @@ impl Fleet {
                 },
             );
         }
-        for (sentry, seq) in store.rollup_marks()? {
-            state.marks.insert(sentry, (seq, 0));
+        for (sentry, r, seq) in store.rollup_marks()? {
+            state.saved.insert((sentry, r), seq);
         }
         let fleet = Fleet {
             config,
             state: Mutex::new(state),
+            checkpointing: Mutex::new(()),
         };
         let mut replayed = 0u64;
+        let resolutions = fleet.config.resolutions.clone();
         for (sentry, progress) in store.all_progress()? {
-            let mut mark = fleet.lock().marks.get(&sentry).map(|m| m.0).unwrap_or(0);
-            while mark < progress.last_seq {
-                let batch = store.heartbeats_after(sentry, mark, 1000)?;
+            // Each resolution resumes from its own mark.
+            let marks: Vec<u64> = {
+                let st = fleet.lock();
+                resolutions
+                    .iter()
+                    .map(|r| st.saved.get(&(sentry, *r)).copied().unwrap_or(0))
+                    .collect()
+            };
+            let mut from = marks.iter().copied().min().unwrap_or(0);
+            while from < progress.last_seq {
+                let batch = store.heartbeats_after(sentry, from, 1000)?;
                 let Some(last) = batch.last().map(|h| h.seq) else {
                     break;
                 };
                 for hb in &batch {
-                    fleet.apply(store, sentry, hb)?;
+                    let due: Vec<Resolution> = resolutions
+                        .iter()
+                        .zip(&marks)
+                        .filter(|(_, m)| hb.seq > **m)
+                        .map(|(r, _)| *r)
+                        .collect();
+                    fleet.apply_to(store, sentry, hb, &due)?;
                 }
                 replayed += batch.len() as u64;
-                mark = last;
+                from = last;
             }
         }
         if replayed > 0 {
             tracing::info!(
                 replayed,
-                "rollups rebuilt from heartbeats stored after the last checkpoint"
+                "rollups rebuilt from heartbeats stored after the last checkpoints"
             );
-            fleet.checkpoint(store, hashfleet_shared::now_ms())?;
+            fleet.checkpoint(store, hashfleet_shared::now_ms(), &resolutions)?;
         }
         Ok(fleet)
     }
@@ -243,6 +274,18 @@ impl Fleet {
         store: &dyn Store,
         sentry_id: u64,
         hb: &HeartbeatRecord,
+    ) -> Result<(), StoreError> {
+        self.apply_to(store, sentry_id, hb, &self.config.resolutions)
+    }
+
+    /// Folds a heartbeat into the registry and into the buckets of the
+    /// given resolutions only (replay skips those already holding it).
+    fn apply_to(
+        &self,
+        store: &dyn Store,
+        sentry_id: u64,
+        hb: &HeartbeatRecord,
+        resolutions: &[Resolution],
     ) -> Result<(), StoreError> {
         let mut st = self.lock();
         st.gen += 1;
@@ -269,8 +312,15 @@ impl Fleet {
                 .collect();
             samples.push(("online".into(), if online { 1.0 } else { 0.0 }));
             samples.push(("offline".into(), if online { 0.0 } else { 1.0 }));
+            let prefixes = &self.config.group_tag_prefixes;
             let groups: Vec<String> = std::iter::once("*".to_string())
-                .chain(record.tags.iter().cloned())
+                .chain(
+                    record
+                        .tags
+                        .iter()
+                        .filter(|t| prefixes.iter().any(|p| t.starts_with(p.as_str())))
+                        .cloned(),
+                )
                 .collect();
             for (metric, value) in samples {
                 let dseries = st.series_id(device_series(&record.id, &metric));
@@ -282,7 +332,7 @@ impl Fleet {
                 } else {
                     Vec::new()
                 };
-                for &resolution in &self.config.resolutions {
+                for &resolution in resolutions {
                     let start_ms = resolution.bucket_start(hb.ts_ms);
                     let key = RollupKey {
                         series: dseries,
@@ -313,39 +363,55 @@ impl Fleet {
                 },
             );
         }
-        st.marks.insert(sentry_id, (hb.seq, gen));
+        let applied = st.applied.entry(sentry_id).or_insert(0);
+        *applied = (*applied).max(hb.seq);
         Ok(())
     }
 
-    /// Writes everything changed since the last checkpoint in one
-    /// transaction, then drops closed buckets from memory. Blocking.
+    /// Writes, in one transaction, the dirty buckets of `resolutions`
+    /// with each sentry's mark for them, new series names, and (when
+    /// `resolutions` holds 1m) the changed devices. Then drops closed,
+    /// saved buckets from memory. Blocking.
+    ///
+    /// Resolutions are checkpointed at their own pace (see `upkeep`): coarse
+    /// buckets stay open for hours, and rewriting them as often as 1m ones
+    /// would multiply the writes.
     pub fn checkpoint(
         &self,
         store: &dyn Store,
         now_ms: u64,
+        resolutions: &[Resolution],
     ) -> Result<CheckpointStats, StoreError> {
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let with_devices = resolutions.contains(&Resolution::M1);
         let (cp, gen) = {
             let st = self.lock();
+            let mut marks = Vec::new();
+            for (&sentry, &seq) in &st.applied {
+                for &r in resolutions {
+                    if st.saved.get(&(sentry, r)) != Some(&seq) {
+                        marks.push((sentry, r, seq));
+                    }
+                }
+            }
             let cp = Checkpoint {
                 series: st.unsaved_series.clone(),
-                devices: st
-                    .devices
-                    .values()
-                    .filter(|e| e.dirty_gen > 0)
-                    .map(|e| e.record.clone())
-                    .collect(),
+                devices: if with_devices {
+                    st.devices
+                        .values()
+                        .filter(|e| e.dirty_gen > 0)
+                        .map(|e| e.record.clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 buckets: st
                     .buckets
                     .iter()
-                    .filter(|(_, c)| c.dirty_gen > 0)
+                    .filter(|(k, c)| c.dirty_gen > 0 && resolutions.contains(&k.resolution))
                     .map(|(k, c)| (*k, c.bucket))
                     .collect(),
-                marks: st
-                    .marks
-                    .iter()
-                    .filter(|(_, m)| m.1 > 0)
-                    .map(|(s, m)| (*s, m.0))
-                    .collect(),
+                marks,
             };
             (cp, st.gen)
         };
@@ -359,7 +425,8 @@ impl Fleet {
         }
         store.checkpoint(&cp)?;
         let mut st = self.lock();
-        st.unsaved_series.drain(..cp.series.len());
+        let saved_series = cp.series.len().min(st.unsaved_series.len());
+        st.unsaved_series.drain(..saved_series);
         for (key, _) in &cp.buckets {
             if let Some(c) = st.buckets.get_mut(key) {
                 if c.dirty_gen <= gen {
@@ -374,17 +441,23 @@ impl Fleet {
                 }
             }
         }
-        for (sentry, _) in &cp.marks {
-            if let Some(m) = st.marks.get_mut(sentry) {
-                if m.1 <= gen {
-                    m.1 = 0;
-                }
-            }
+        for (sentry, r, seq) in &cp.marks {
+            st.saved.insert((*sentry, *r), *seq);
         }
         // Closed, saved buckets need not stay in memory.
         st.buckets
             .retain(|k, c| c.dirty_gen > 0 || k.start_ms + 2 * k.resolution.width_ms() > now_ms);
         Ok(stats)
+    }
+
+    /// Checkpoints every resolution (start-up after replay, shutdown).
+    pub fn checkpoint_all(
+        &self,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> Result<CheckpointStats, StoreError> {
+        let all = self.config.resolutions.clone();
+        self.checkpoint(store, now_ms, &all)
     }
 
     /// Runs `query` over every device document, sorted, paged, projected.
@@ -636,11 +709,6 @@ impl Fleet {
     pub fn series_ids(&self) -> Vec<u64> {
         self.lock().series.values().copied().collect()
     }
-
-    /// The seq up to which a sentry's heartbeats are in the rollups.
-    pub fn mark(&self, sentry_id: u64) -> u64 {
-        self.lock().marks.get(&sentry_id).map(|m| m.0).unwrap_or(0)
-    }
 }
 
 /// Escapes a Prometheus label value.
@@ -648,4 +716,114 @@ fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeviceRecord, HeartbeatWrite, ProgressRecord, SledStore};
+
+    fn hb(seq: u64, ts_ms: u64, value: f64) -> HeartbeatRecord {
+        HeartbeatRecord {
+            seq,
+            ts_ms,
+            received_ms: ts_ms,
+            devices: vec![DeviceRecord {
+                id: "m1".into(),
+                kind: "miner".into(),
+                make: "Antminer".into(),
+                model: "S21".into(),
+                firmware: String::new(),
+                metrics: [("hashrate_hs".to_string(), value)].into(),
+                labels: Default::default(),
+                alerts: vec![],
+                raw: String::new(),
+            }],
+        }
+    }
+
+    fn config() -> FleetConfig {
+        FleetConfig::new(
+            vec![0, 3 * 3_600_000],
+            vec!["hashrate_hs".into()],
+            StatusRules::default(),
+        )
+    }
+
+    fn counts(fleet: &Fleet, store: &dyn Store, name: &str) -> Vec<u64> {
+        fleet
+            .config()
+            .resolutions
+            .iter()
+            .map(|r| {
+                fleet
+                    .read_series(store, name, *r, 0, 10 * rollup::DAY_MS)
+                    .unwrap()
+                    .iter()
+                    .map(|(_, b)| b.count)
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// Stores heartbeats `range` as the ingest writer does, then applies them.
+    fn ingest(store: &dyn Store, fleet: &Fleet, range: std::ops::RangeInclusive<u64>) {
+        for seq in range {
+            let record = hb(seq, seq * 20_000, seq as f64);
+            store
+                .append_heartbeats(&[HeartbeatWrite {
+                    sentry_id: 7,
+                    record: record.clone(),
+                }])
+                .unwrap();
+            fleet.apply(store, 7, &record).unwrap();
+        }
+    }
+
+    #[test]
+    fn replay_after_partial_checkpoints_counts_every_sample_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = device_series("m1", "hashrate_hs");
+        let group = group_series("miner", "*", "hashrate_hs");
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let fleet = Fleet::load(&store, config()).unwrap();
+            ingest(&store, &fleet, 1..=100);
+            // Only the 1m resolution is saved, then more arrive: a crash now
+            // leaves every resolution at a different mark.
+            fleet.checkpoint(&store, 0, &[Resolution::M1]).unwrap();
+            ingest(&store, &fleet, 101..=150);
+            fleet.checkpoint(&store, 0, &[Resolution::M5]).unwrap();
+            ingest(&store, &fleet, 151..=160);
+            assert_eq!(counts(&fleet, &store, &device), vec![160; 5]);
+            assert_eq!(
+                store.progress(7).unwrap(),
+                ProgressRecord {
+                    last_seq: 160,
+                    heartbeats: 160,
+                    last_seen_ms: 160 * 20_000
+                }
+            );
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let fleet = Fleet::load(&store, config()).unwrap();
+        assert_eq!(
+            counts(&fleet, &store, &device),
+            vec![160; 5],
+            "device series after replay"
+        );
+        assert_eq!(
+            counts(&fleet, &store, &group),
+            vec![160; 5],
+            "group series after replay"
+        );
+        // And a clean reload (everything checkpointed at load) stays exact.
+        drop(fleet);
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        let fleet = Fleet::load(&store, config()).unwrap();
+        assert_eq!(counts(&fleet, &store, &device), vec![160; 5]);
+        let doc = fleet.device("m1", 160 * 20_000).unwrap();
+        assert_eq!(doc["hashrate_hs"], 160.0);
+    }
 }

@@ -65,10 +65,20 @@ pub fn prune(
     now_ms: u64,
 ) -> Result<PruneStats, StoreError> {
     let mut stats = PruneStats::default();
-    let marks: HashMap<u64, u64> = store.rollup_marks()?.into_iter().collect();
+    // Raw heartbeats stay until every resolution holds them.
+    let saved: HashMap<(u64, Resolution), u64> = store
+        .rollup_marks()?
+        .into_iter()
+        .map(|(sentry, r, seq)| ((sentry, r), seq))
+        .collect();
+    let resolutions = &fleet.config().resolutions;
     let age_cutoff = now_ms.saturating_sub(retention.heartbeats_max_age.as_millis() as u64);
     for (sentry, progress) in store.all_progress()? {
-        let mark = marks.get(&sentry).copied().unwrap_or(0);
+        let mark = resolutions
+            .iter()
+            .map(|r| saved.get(&(sentry, *r)).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
         let upto = progress
             .last_seq
             .saturating_sub(retention.heartbeats_max_per_sentry);

@@ -49,6 +49,21 @@ impl RollupKey {
         out
     }
 
+    /// Key of a rollup mark: `sentry ‖ resolution` (13 bytes).
+    pub fn mark_key(sentry: u64, r: Resolution) -> [u8; 13] {
+        Self::prefix(sentry, r)
+    }
+
+    /// Reads a mark key back.
+    pub fn parse_mark_key(key: &[u8]) -> Option<(u64, Resolution)> {
+        if key.len() != 13 {
+            return None;
+        }
+        let sentry = u64::from_be_bytes(key[..8].try_into().ok()?);
+        let offset = (u32::from_be_bytes(key[9..13].try_into().ok()?) as i64 - (1 << 31)) as i32;
+        Some((sentry, Resolution::from_key_parts(key[8], offset)?))
+    }
+
     /// The 13-byte prefix of a series at a resolution.
     pub fn prefix(series: u64, r: Resolution) -> [u8; 13] {
         let mut out = [0u8; 13];
@@ -66,8 +81,9 @@ pub struct Checkpoint {
     pub series: Vec<(String, u64)>,
     pub devices: Vec<DeviceStateRecord>,
     pub buckets: Vec<(RollupKey, RollupRecord)>,
-    /// Per sentry: every heartbeat up to this seq is in the rollups.
-    pub marks: Vec<(u64, u64)>,
+    /// Per sentry and resolution: every heartbeat up to this seq is in the
+    /// stored buckets of that resolution.
+    pub marks: Vec<(u64, Resolution, u64)>,
 }
 pub use backup::BackupStats;
 pub use sled_store::SledStore;
@@ -134,6 +150,9 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Bytes of keys and values in every tree: the logical size, to
+    /// compare with [`Store::size_on_disk`].
+    fn logical_bytes(&self) -> Result<u64, StoreError>;
     /// Every sentry's progress, by sentry id.
     fn all_progress(&self) -> Result<Vec<(u64, ProgressRecord)>, StoreError>;
     /// Up to `limit` heartbeats of a sentry with seq above `after`, ascending.
@@ -159,8 +178,9 @@ pub trait Store: Send + Sync + 'static {
     fn devices(&self) -> Result<Vec<DeviceStateRecord>, StoreError>;
     /// Series names and ids.
     fn series(&self) -> Result<Vec<(String, u64)>, StoreError>;
-    /// Per sentry, the seq up to which rollups are complete.
-    fn rollup_marks(&self) -> Result<Vec<(u64, u64)>, StoreError>;
+    /// Per sentry and resolution, the seq up to which that resolution's
+    /// stored buckets are complete.
+    fn rollup_marks(&self) -> Result<Vec<(u64, Resolution, u64)>, StoreError>;
     fn bucket(&self, key: &RollupKey) -> Result<Option<RollupRecord>, StoreError>;
     /// Buckets of a series at a resolution with `start ≤ bucket start ≤ end`, ascending.
     fn buckets(

@@ -251,6 +251,17 @@ impl Store for SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
+    fn logical_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        for name in self.db.tree_names() {
+            for kv in self.db.open_tree(name)?.iter() {
+                let (k, v) = kv?;
+                total += (k.len() + v.len()) as u64;
+            }
+        }
+        Ok(total)
+    }
+
     fn all_progress(&self) -> Result<Vec<(u64, ProgressRecord)>, StoreError> {
         self.progress
             .iter()
@@ -332,12 +343,17 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn rollup_marks(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+    fn rollup_marks(&self) -> Result<Vec<(u64, Resolution, u64)>, StoreError> {
         self.rollup_marks
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((be_u64(ROLLUP_MARKS, &k)?, be_u64(ROLLUP_MARKS, &v)?))
+                let (sentry, r) =
+                    RollupKey::parse_mark_key(&k).ok_or_else(|| StoreError::Corrupt {
+                        tree: ROLLUP_MARKS,
+                        reason: "mark key is not sentry ‖ resolution".into(),
+                    })?;
+                Ok((sentry, r, be_u64(ROLLUP_MARKS, &v)?))
             })
             .collect()
     }
@@ -411,8 +427,8 @@ impl Store for SledStore {
                 for (k, v) in &buckets {
                     rollups_t.insert(k, v.as_slice())?;
                 }
-                for (sentry, seq) in &cp.marks {
-                    marks_t.insert(&sentry.to_be_bytes(), &seq.to_be_bytes())?;
+                for (sentry, r, seq) in &cp.marks {
+                    marks_t.insert(&RollupKey::mark_key(*sentry, *r), &seq.to_be_bytes())?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
