@@ -3,6 +3,7 @@
 //! API.
 //!
 //! Layout:
+//! - [`actions`]: the approved-actions state machine (pure; dispatch comes next);
 //! - [`app`]: start-up order, shared state, `run(config, shutdown)`;
 //! - [`config`]: `serve` settings (TOML + flags), validated before binding;
 //! - [`keys`]: the commander identity and the admin token in the data dir;
@@ -19,6 +20,7 @@
 //! - [`info`]: the `info` subcommand; [`upkeep`]: periodic checkpoints and retention.
 //! - [`backup_cli`]: the `backup` and `restore` subcommands.
 
+pub mod actions;
 pub mod app;
 pub mod backup_cli;
 pub mod config;

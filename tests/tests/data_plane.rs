@@ -656,3 +656,43 @@ async fn metrics_pass_promtool_and_can_be_public() {
     }
     c.stop().await;
 }
+
+#[tokio::test]
+async fn sentry_list_paginates_with_a_total_count() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCommander::start_in(&dir.path().join("c"), None).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(VirtualSentry::enroll(&c, &[]).await.sentry_id);
+    }
+    ids.sort();
+    let client = reqwest::Client::new();
+    let page = |offset: usize, limit: usize| {
+        let url = format!("{}/api/v1/sentries?offset={offset}&limit={limit}", c.http);
+        let req = client.get(url).bearer_auth(&c.token);
+        async move {
+            let resp = req.send().await.unwrap();
+            let total = resp.headers()["x-total-count"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body: Value = resp.json().await.unwrap();
+            let page: Vec<String> = body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["sentry_id"].as_str().unwrap().to_string())
+                .collect();
+            (total, page)
+        }
+    };
+    let (total, first) = page(0, 2).await;
+    assert_eq!(total, "5");
+    assert_eq!(first, ids[..2]);
+    let (_, rest) = page(2, 10).await;
+    assert_eq!(rest, ids[2..]);
+    let (_, none) = page(5, 10).await;
+    assert!(none.is_empty());
+    c.stop().await;
+}
