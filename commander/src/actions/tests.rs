@@ -135,7 +135,7 @@ fn results_complete_the_action_and_duplicates_are_ignored() {
         !record_result(&mut a, "0000000000000001/h1", r(false)).unwrap(),
         "second answer ignored"
     );
-    assert_eq!(a.results["0000000000000001/h1"].ok, true);
+    assert!(a.results["0000000000000001/h1"].ok);
     assert_eq!(a.state, State::Executing);
     assert!(record_result(&mut a, "0000000000000009/x", r(true)).is_err());
     record_result(&mut a, "0000000000000002/h2", r(false)).unwrap();
