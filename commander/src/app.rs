@@ -19,12 +19,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::accounts::Accounts;
+use crate::actions::service::{ActionPolicy, ActionService};
 use crate::config::CommanderConfig;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::ingest::Ingest;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::sessions::{RevokedKeys, Sessions};
+use crate::store::actions::ActionStore;
 use crate::store::{SledStore, Store};
 use crate::{http, quic, upkeep};
 
@@ -43,6 +46,13 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// SHA-256 of the bootstrap admin token.
     pub admin_token_hash: [u8; 32],
+    /// Login throttle and password-hashing slots.
+    pub accounts: Accounts,
+    pub actions: ActionService,
+    /// Wakes the action executor (a new ready action).
+    pub action_wakeup: tokio::sync::Notify,
+    /// The audit log (and actions) in the store.
+    pub action_store: Arc<dyn ActionStore>,
 }
 
 /// A started commander.
@@ -71,10 +81,12 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     // The admin token exists before the HTTP listener binds.
     let admin_token = keys::load_or_create_admin_token(&data_dir)?;
     let store_dir = data_dir.join("store");
-    let store: Arc<dyn Store> = Arc::new(
+    let sled = Arc::new(
         SledStore::open(&store_dir)
             .with_context(|| format!("opening the store in {}", store_dir.display()))?,
     );
+    let store: Arc<dyn Store> = sled.clone();
+    let action_store: Arc<dyn ActionStore> = sled;
     let revoked = RevokedKeys::default();
     for key in store.revoked_keys()? {
         revoked.insert(NodeId::from_public_key(key));
@@ -115,7 +127,18 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     )
     .with_context(|| format!("writing {}", data_dir.join(HTTP_ADDR_FILE).display()))?;
     let node_id = identity.node_id();
+    let accounts = Accounts::new(config.auth.login_max_failures, config.auth.login_window);
+    let policy = ActionPolicy {
+        votes: config.actions.votes.clone(),
+        automation: config.actions.automation.iter().cloned().collect(),
+        ttl_ms: config.actions.ttl.as_millis() as u64,
+    };
+    let actions = ActionService::new(action_store.clone(), fleet.clone(), policy);
     let app = Arc::new(App {
+        accounts,
+        actions,
+        action_wakeup: tokio::sync::Notify::new(),
+        action_store,
         config,
         identity,
         store,
@@ -134,7 +157,8 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         )),
         tokio::spawn(http::serve(app.clone(), http_listener, stop_rx.clone())),
         tokio::spawn(upkeep::checkpoints(app.clone(), stop_rx.clone())),
-        tokio::spawn(upkeep::retention(app.clone(), stop_rx)),
+        tokio::spawn(upkeep::retention(app.clone(), stop_rx.clone())),
+        tokio::spawn(crate::actions::executor::run(app.clone(), stop_rx)),
     ];
     info!(%quic_addr, %http_addr, %node_id, public_key = %node_id.public_key_hex(), "commander listening");
     Ok(Running {

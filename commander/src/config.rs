@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::fleet::device::StatusRules;
 use crate::fleet::retention::Retention;
+use crate::permissions::{validate_roles, Roles};
 
 /// No config file is anywhere near this large.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -35,6 +36,69 @@ pub struct CommanderConfig {
     pub retention: Retention,
     /// Serve `/metrics` without a bearer token.
     pub metrics_public: bool,
+    /// `[auth]`: login throttling and session lifetime.
+    pub auth: AuthConfig,
+    /// `[roles]`: named permission sets users may hold as `role:NAME`.
+    pub roles: Roles,
+    /// `[actions]`: vote thresholds, automation, lifetime.
+    pub actions: ActionsConfig,
+}
+
+/// `[actions]` after defaults.
+#[derive(Debug, Clone)]
+pub struct ActionsConfig {
+    /// Yes votes per action name (`[actions.votes] reboot = 2`); 1 otherwise.
+    pub votes: std::collections::BTreeMap<String, u32>,
+    /// Action names approved without votes (pushed by automation).
+    pub automation: Vec<String>,
+    /// How long an action may wait for votes and execution.
+    pub ttl: Duration,
+    /// Sentries an action is sent to at once.
+    pub parallel: usize,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            votes: Default::default(),
+            automation: Vec::new(),
+            ttl: Duration::from_secs(3600),
+            parallel: 32,
+        }
+    }
+}
+
+/// `[actions]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsFile {
+    #[serde(default)]
+    pub votes: std::collections::BTreeMap<String, u32>,
+    #[serde(default)]
+    pub automation: Vec<String>,
+    pub ttl_secs: Option<u64>,
+    pub parallel: Option<usize>,
+}
+
+/// `[auth]` after defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Failed logins per username, and per client address, within `login_window`
+    /// before further attempts are refused (429) until the window passes.
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+    /// How long a login's bearer token lives.
+    pub session_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            login_max_failures: 5,
+            login_window: Duration::from_secs(900),
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 /// A timezone for daily buckets: `{code = "UTC", offset_ms = 0}`.
@@ -81,6 +145,9 @@ impl CommanderConfig {
                 .collect(),
             retention: Retention::default(),
             metrics_public: false,
+            auth: AuthConfig::default(),
+            roles: Roles::new(),
+            actions: ActionsConfig::default(),
         }
     }
 
@@ -125,6 +192,36 @@ impl CommanderConfig {
         if self.retention.interval.is_zero() {
             anyhow::bail!("[retention] prune_interval_secs must be at least 1");
         }
+        let auth = &self.auth;
+        if !(1..=1000).contains(&auth.login_max_failures) {
+            anyhow::bail!("[auth] login_max_failures must be between 1 and 1000");
+        }
+        if auth.login_window < Duration::from_secs(1)
+            || auth.login_window > Duration::from_secs(7 * 24 * 3600)
+        {
+            anyhow::bail!("[auth] login_window_secs must be between 1 and 604800 (7 days)");
+        }
+        if auth.session_ttl < Duration::from_secs(1)
+            || auth.session_ttl > Duration::from_secs(30 * 24 * 3600)
+        {
+            anyhow::bail!("[auth] session_ttl_secs must be between 1 and 2592000 (30 days)");
+        }
+        validate_roles(&self.roles).map_err(|e| anyhow::anyhow!("[roles]: {e}"))?;
+        for (name, n) in &self.actions.votes {
+            if *n == 0 || *n > 100 {
+                anyhow::bail!(
+                    "[actions.votes] {name} = {n}: a threshold is between 1 and 100 votes"
+                );
+            }
+        }
+        if self.actions.ttl < Duration::from_secs(1)
+            || self.actions.ttl > Duration::from_secs(30 * 86_400)
+        {
+            anyhow::bail!("[actions] ttl_secs must be between 1 and 2592000 (30 days)");
+        }
+        if !(1..=1024).contains(&self.actions.parallel) {
+            anyhow::bail!("[actions] parallel must be between 1 and 1024");
+        }
         Ok(())
     }
 }
@@ -147,6 +244,12 @@ pub struct FileConfig {
     pub retention: RetentionFile,
     #[serde(default)]
     pub metrics: MetricsFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+    /// `[roles]`: `operator = ["miner:rw", "container:r"]`.
+    pub roles: Option<Roles>,
+    #[serde(default)]
+    pub actions: ActionsFile,
 }
 
 /// `[devices]`: when a silent device becomes stale, then lost.
@@ -186,6 +289,18 @@ pub struct RetentionFile {
 pub struct MetricsFile {
     /// Serve `/metrics` without a bearer token (for a Prometheus on a trusted network).
     pub public: Option<bool>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Failed logins allowed per username and per address in the window (default 5).
+    pub login_max_failures: Option<u32>,
+    /// The throttle's window (default 900).
+    pub login_window_secs: Option<u64>,
+    /// Lifetime of a login's token (default 43200, 12 h).
+    pub session_ttl_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -273,6 +388,26 @@ impl FileConfig {
         if let Some(v) = self.metrics.public {
             c.metrics_public = v;
         }
+        if let Some(v) = self.auth.login_max_failures {
+            c.auth.login_max_failures = v;
+        }
+        if let Some(v) = self.auth.login_window_secs {
+            c.auth.login_window = secs(v);
+        }
+        if let Some(v) = self.auth.session_ttl_secs {
+            c.auth.session_ttl = secs(v);
+        }
+        c.actions.votes = self.actions.votes;
+        c.actions.automation = self.actions.automation;
+        if let Some(v) = self.actions.ttl_secs {
+            c.actions.ttl = secs(v);
+        }
+        if let Some(v) = self.actions.parallel {
+            c.actions.parallel = v;
+        }
+        if let Some(roles) = self.roles {
+            c.roles = roles;
+        }
         Ok(c)
     }
 }
@@ -310,6 +445,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("whole minutes"), "{err}");
+    }
+
+    #[test]
+    fn auth_and_roles_parse_and_validate() {
+        let c = FileConfig::parse("data_dir = \"/x\"\n")
+            .unwrap()
+            .into_config(None)
+            .unwrap();
+        assert_eq!(c.auth, AuthConfig::default());
+        assert_eq!(c.auth.login_max_failures, 5);
+        assert_eq!(c.auth.login_window, Duration::from_secs(900));
+        assert_eq!(c.auth.session_ttl, Duration::from_secs(43_200));
+        let f = FileConfig::parse(
+            "data_dir = \"/x\"\n[auth]\nlogin_max_failures = 3\nlogin_window_secs = 2\nsession_ttl_secs = 1\n[roles]\noperator = [\"miner:rw\", \"container:r\"]\n",
+        )
+        .unwrap();
+        let c = f.into_config(None).unwrap();
+        assert_eq!(c.auth.login_max_failures, 3);
+        assert_eq!(c.auth.login_window, Duration::from_secs(2));
+        assert_eq!(c.auth.session_ttl, Duration::from_secs(1));
+        assert_eq!(c.roles["operator"], vec!["miner:rw", "container:r"]);
+        assert!(c.validate().is_ok());
+        for (text, want) in [
+            ("[auth]\nlogin_max_failures = 0\n", "login_max_failures"),
+            ("[auth]\nlogin_window_secs = 0\n", "login_window_secs"),
+            ("[auth]\nsession_ttl_secs = 0\n", "session_ttl_secs"),
+            ("[auth]\nsession_ttl_secs = 99999999\n", "session_ttl_secs"),
+            ("[roles]\nops = [\"miners:rw\"]\n", "unknown type `miners`"),
+            ("[roles]\nops = [\"role:x\"]\n", "not other roles"),
+        ] {
+            let err = FileConfig::parse(&format!("data_dir = \"/x\"\n{text}"))
+                .unwrap()
+                .into_config(None)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        let err = FileConfig::parse("data_dir = \"/x\"\n[auth]\nsession_ttl = 5\n").unwrap_err();
+        assert!(err.to_string().contains("session_ttl"), "{err}");
+    }
+
+    #[test]
+    fn action_votes_parse_and_are_bounded() {
+        let f = FileConfig::parse("data_dir = \"/x\"\n[actions]\nautomation = [\"autoSleep\"]\n[actions.votes]\nreboot = 2\nrunHook = 2\n").unwrap();
+        let c = f.into_config(None).unwrap();
+        assert_eq!(c.actions.votes["runHook"], 2);
+        assert_eq!(c.actions.automation, vec!["autoSleep"]);
+        assert!(c.validate().is_ok());
+        let bad = FileConfig::parse("data_dir = \"/x\"\n[actions.votes]\nreboot = 0\n").unwrap();
+        assert!(bad
+            .into_config(None)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("reboot"));
     }
 
     #[test]

@@ -274,6 +274,40 @@ mod tests {
         fn use_token(&self, _: &[u8; 32], _: u64) -> Result<TokenUse, StoreError> {
             Ok(TokenUse::Unknown)
         }
+        fn create_user(&self, _: &crate::store::UserRecord) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn put_user(&self, _: &crate::store::UserRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn user(&self, _: &str) -> Result<Option<crate::store::UserRecord>, StoreError> {
+            Ok(None)
+        }
+        fn users(&self) -> Result<Vec<crate::store::UserRecord>, StoreError> {
+            Ok(vec![])
+        }
+        fn put_api_token(
+            &self,
+            _: &[u8; 32],
+            _: &crate::store::ApiTokenRecord,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn api_token(
+            &self,
+            _: &[u8; 32],
+        ) -> Result<Option<crate::store::ApiTokenRecord>, StoreError> {
+            Ok(None)
+        }
+        fn api_tokens(&self) -> Result<Vec<([u8; 32], crate::store::ApiTokenRecord)>, StoreError> {
+            Ok(vec![])
+        }
+        fn revoke_api_token(&self, _: &[u8; 32]) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn prune_api_tokens(&self, _: u64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
         fn append_heartbeats(&self, batch: &[HeartbeatWrite]) -> Result<(), StoreError> {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError::Transaction("disk full".into()));

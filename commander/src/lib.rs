@@ -19,7 +19,10 @@
 //! - [`demo`]: a commander and a sentry in one process for a first look;
 //! - [`info`]: the `info` subcommand; [`upkeep`]: periodic checkpoints and retention.
 //! - [`backup_cli`]: the `backup` and `restore` subcommands.
+//! - [`permissions`]: `type:level` permissions and roles (pure);
+//!   [`accounts`]: username/password rules, Argon2id hashes, the login throttle.
 
+pub mod accounts;
 pub mod actions;
 pub mod app;
 pub mod backup_cli;
@@ -33,6 +36,7 @@ pub mod info;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
+pub mod permissions;
 pub mod query;
 pub mod quic;
 pub mod sessions;

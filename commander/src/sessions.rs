@@ -13,10 +13,12 @@ use hashfleet_shared::NodeId;
 use tokio::sync::mpsc;
 
 /// What the rest of the commander can tell a live session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Control {
     Approved,
     Revoked,
+    /// Send this signed action request to the sentry.
+    Action(Box<hashfleet_shared::wire::SignedAction>),
 }
 
 /// Application close codes on QUIC connections.
@@ -72,6 +74,15 @@ impl Sessions {
         if live.get(node).is_some_and(|e| e.id == id) {
             live.remove(node);
         }
+    }
+
+    /// The registration id of a node's live session, if it has one.
+    pub fn registration(&self, node: &NodeId) -> Option<u64> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .map(|e| e.id)
     }
 
     pub fn is_connected(&self, node: &NodeId) -> bool {

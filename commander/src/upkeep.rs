@@ -82,6 +82,12 @@ pub async fn retention(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         let app2 = app.clone();
         let result = tokio::task::spawn_blocking(move || {
+            // Expired login tokens can never be used again.
+            match app2.store.prune_api_tokens(now_ms()) {
+                Ok(n) if n > 0 => debug!(tokens = n, "pruned expired session tokens"),
+                Ok(_) => {}
+                Err(e) => error!("pruning expired session tokens failed: {e}"),
+            }
             retention::prune(
                 app2.store.as_ref(),
                 &app2.fleet,

@@ -2,7 +2,8 @@
 //! miners, cooling containers, power meters and relay controllers.
 //!
 //! This release carries the shared runtime only: it enrolls, keeps its
-//! identity and session, and sends signed heartbeats with no devices. The
+//! identity and session, and sends signed heartbeats with no devices; it
+//! refuses every action ([`NoActions`]: each target fails, saying so). The
 //! device drivers (asic-rs, containers, Modbus meters and relays) and the
 //! emulator fleet `hashfleet-sim` come with the ASIC sentry issue.
 
@@ -10,7 +11,7 @@ use std::future::Future;
 use std::path::Path;
 
 use hashfleet_agent::cli::{agent_config, read_toml, CommonFile, RunArgs};
-use hashfleet_agent::{Agent, AgentConfig, Collector};
+use hashfleet_agent::{Agent, AgentConfig, Collector, NoActions};
 use hashfleet_shared::wire::{HeartbeatBody, SentryKind};
 
 pub const DEFAULT_HOME: &str = "/var/lib/hashfleet/sentry-asic";
@@ -42,5 +43,7 @@ pub async fn run(
     tracing::warn!(
         "this build of sentry-asic has no device drivers yet: heartbeats carry no devices"
     );
-    Agent::new(config, AsicSentry)?.run(shutdown).await
+    Agent::new(config, AsicSentry, NoActions)?
+        .run(shutdown)
+        .await
 }

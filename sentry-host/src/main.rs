@@ -18,7 +18,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sentry_main(cli.command, hashfleet_sentry_host::config::load, |config| {
-        hashfleet_sentry_host::run(config, shutdown_signal())
-    })
+    sentry_main(
+        cli.command,
+        hashfleet_sentry_host::config::load_host,
+        |config| hashfleet_sentry_host::run_with(config, shutdown_signal()),
+    )
 }

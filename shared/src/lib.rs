@@ -13,10 +13,11 @@
 //! - [`secure_file`]: atomic 0600 writes and permission checks.
 //! - [`wire`]: the v1 message types, [`codec`]: length-prefixed frames.
 //! - [`sign`]: domain tags and signing inputs.
-//! - [`handshake`], [`heartbeat`], [`enroll`]: pure protocol logic.
+//! - [`handshake`], [`heartbeat`], [`enroll`], [`action`]: pure protocol logic.
 //! - [`tls`]: rustls configurations with RFC 7250 raw public keys.
 //! - [`liveness`]: keep-alive, timeouts and reconnect backoff.
 
+pub mod action;
 pub mod codec;
 pub mod enroll;
 pub mod handshake;

@@ -16,6 +16,10 @@ pub enum Domain {
     SentryProof,
     /// A commander's proof over the sentry's hello nonce.
     CommanderProof,
+    /// A commander's action request.
+    Action,
+    /// A sentry's result of an action.
+    ActionResult,
 }
 
 impl Domain {
@@ -24,6 +28,8 @@ impl Domain {
             Domain::Heartbeat => "hashfleet/v1/heartbeat",
             Domain::SentryProof => "hashfleet/v1/sentry-proof",
             Domain::CommanderProof => "hashfleet/v1/commander-proof",
+            Domain::Action => "hashfleet/v1/action",
+            Domain::ActionResult => "hashfleet/v1/action-result",
         }
     }
 }
@@ -72,6 +78,8 @@ mod tests {
         assert!(verify(&key.node_id(), Domain::SentryProof, b"payload", &sig).is_ok());
         assert!(verify(&key.node_id(), Domain::CommanderProof, b"payload", &sig).is_err());
         assert!(verify(&key.node_id(), Domain::Heartbeat, b"payload", &sig).is_err());
+        assert!(verify(&key.node_id(), Domain::Action, b"payload", &sig).is_err());
+        assert!(verify(&key.node_id(), Domain::ActionResult, b"payload", &sig).is_err());
         assert!(verify(&key.node_id(), Domain::SentryProof, b"payloaD", &sig).is_err());
     }
 }

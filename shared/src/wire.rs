@@ -27,6 +27,8 @@ pub enum SentryMessage {
     Hello(Hello),
     Proof(Proof),
     Heartbeat(SignedHeartbeat),
+    /// The signed outcome of an [`ActionRequest`] (see [`crate::action`]).
+    ActionResult(SignedActionResult),
 }
 
 /// Everything a commander sends to a sentry.
@@ -38,6 +40,8 @@ pub enum CommanderMessage {
     StatusUpdate(StatusUpdate),
     Ack(Ack),
     Nack(Nack),
+    /// An approved action for this sentry to execute (see [`crate::action`]).
+    Action(SignedAction),
 }
 
 /// What kind of sentry is speaking.
@@ -239,4 +243,67 @@ pub struct DeviceAlert {
     pub code: String,
     pub severity: Severity,
     pub message: String,
+}
+
+/// An action as sent: the encoded [`ActionRequest`] and the commander key's
+/// signature over it, under the `action` domain tag. Like a heartbeat, the
+/// sentry verifies these exact bytes.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct SignedAction {
+    pub payload: Vec<u8>,
+    pub signature: [u8; 64],
+}
+
+/// What the commander asks one sentry to do (inside `SignedAction.payload`).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ActionRequest {
+    /// Unique per action; the sentry executes an id at most once.
+    pub action_id: String,
+    /// The sentry the request is for: a request is valid on that sentry only.
+    pub node_id: NodeId,
+    /// For example `runHook`, `reboot`, `pauseMiner`.
+    pub method: String,
+    /// JSON array text, for example `["backup"]`.
+    pub params: String,
+    /// Device ids on that sentry; the host device's id is the sentry id as
+    /// 16 hex digits.
+    pub targets: Vec<String>,
+    /// Who approved the action, for the sentry's log.
+    pub voters: Vec<String>,
+    pub issued_at_ms: u64,
+    /// The sentry refuses to start the action at or after this time.
+    pub expires_at_ms: u64,
+}
+
+/// An action's outcome as sent: the encoded [`ActionResultBody`] and the
+/// sentry node key's signature over it, under the `action-result` domain.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct SignedActionResult {
+    pub payload: Vec<u8>,
+    pub signature: [u8; 64],
+}
+
+/// What happened to an action on one sentry (inside
+/// `SignedActionResult.payload`).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ActionResultBody {
+    pub action_id: String,
+    /// The sentry that signed the result.
+    pub node_id: NodeId,
+    /// One outcome per distinct target of the request, in request order.
+    pub results: Vec<TargetOutcome>,
+    /// When the action ran (for a refusal: when it was refused).
+    pub executed_at_ms: u64,
+    /// True when this is the stored result of an earlier execution, sent
+    /// again because the commander resent the request.
+    pub replayed: bool,
+}
+
+/// What happened on one target.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct TargetOutcome {
+    pub target: String,
+    pub ok: bool,
+    /// JSON text when `ok`, an error message for people otherwise.
+    pub detail: String,
 }

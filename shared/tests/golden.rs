@@ -1,7 +1,8 @@
 //! Golden bytes of protocol v1: a change to any v1 encoding breaks this test.
 //!
-//! Every variant of `SentryMessage` and `CommanderMessage`, a `Heartbeat`
-//! payload, and every value of every v1 enum has a fixture in
+//! Every variant of `SentryMessage` and `CommanderMessage`, the signed
+//! payloads (`Heartbeat`, `ActionRequest`, `ActionResultBody`), and every
+//! value of every v1 enum has a fixture in
 //! `tests/golden/v1/<name>.hex` (hex of the `codec::encode` body, no length
 //! prefix). Each value is built from fixed seeds, nonces and timestamps, so
 //! the bytes are the same on every run; signatures are deterministic too
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::PathBuf;
 
+use hashfleet_shared::action;
 use hashfleet_shared::codec::{self, FrameDecoder, MAX_FRAME_LEN};
 use hashfleet_shared::handshake::{self, CommanderHandshake};
 use hashfleet_shared::heartbeat;
@@ -168,6 +170,44 @@ fn empty_heartbeat() -> Heartbeat {
     }
 }
 
+/// An action for the golden sentry: one hook on its host (sentry id 7, as
+/// in the golden `Welcome`) and a miner.
+fn action_request() -> ActionRequest {
+    ActionRequest {
+        action_id: "01JGX7Q9ZK3M8V2N4P6R8T0W2Y".into(),
+        node_id: sentry_id(),
+        method: "runHook".into(),
+        params: r#"["backup"]"#.into(),
+        targets: vec!["0000000000000007".into(), "00:1a:2b:3c:4d:5e".into()],
+        voters: vec!["alice".into(), "bob".into()],
+        issued_at_ms: T0_MS,
+        expires_at_ms: T0_MS + 3_600_000,
+    }
+}
+
+/// The sentry's answer to [`action_request`]: one success, one failure.
+fn action_result_body(replayed: bool) -> ActionResultBody {
+    ActionResultBody {
+        action_id: "01JGX7Q9ZK3M8V2N4P6R8T0W2Y".into(),
+        node_id: sentry_id(),
+        results: vec![
+            TargetOutcome {
+                target: "0000000000000007".into(),
+                ok: true,
+                detail: r#"{"exit_code":0,"stdout_tail":"backup done\n","stderr_tail":"","duration_ms":1234}"#
+                    .into(),
+            },
+            TargetOutcome {
+                target: "00:1a:2b:3c:4d:5e".into(),
+                ok: false,
+                detail: "sentry-host does not support `runHook` on device 00:1a:2b:3c:4d:5e".into(),
+            },
+        ],
+        executed_at_ms: T0_MS + 1_500,
+        replayed,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The fixtures.
 
@@ -177,6 +217,8 @@ enum Golden {
     Sentry(SentryMessage),
     Commander(CommanderMessage),
     Heartbeat(Heartbeat),
+    ActionRequest(ActionRequest),
+    ActionResultBody(ActionResultBody),
 }
 
 fn reject_text(code: RejectCode) -> &'static str {
@@ -330,6 +372,26 @@ fn fixtures() -> Vec<(String, Golden)> {
         "heartbeat_empty".into(),
         Golden::Heartbeat(empty_heartbeat()),
     ));
+    out.push((
+        "commander_action".into(),
+        Commander(C::Action(
+            action::seal_action(&commander_key(), &action_request()).expect("seal"),
+        )),
+    ));
+    out.push((
+        "sentry_action_result".into(),
+        Sentry(S::ActionResult(
+            action::seal_result(&sentry_key(), &action_result_body(false)).expect("seal"),
+        )),
+    ));
+    out.push((
+        "action_request".into(),
+        Golden::ActionRequest(action_request()),
+    ));
+    out.push((
+        "action_result_body".into(),
+        Golden::ActionResultBody(action_result_body(true)),
+    ));
     out
 }
 
@@ -343,9 +405,10 @@ fn sentry_variant_name(msg: &SentryMessage) -> &'static str {
         SentryMessage::Hello(_) => "Hello",
         SentryMessage::Proof(_) => "Proof",
         SentryMessage::Heartbeat(_) => "Heartbeat",
+        SentryMessage::ActionResult(_) => "ActionResult",
     }
 }
-const ALL_SENTRY_VARIANTS: [&str; 3] = ["Hello", "Proof", "Heartbeat"];
+const ALL_SENTRY_VARIANTS: [&str; 4] = ["Hello", "Proof", "Heartbeat", "ActionResult"];
 
 fn commander_variant_name(msg: &CommanderMessage) -> &'static str {
     match msg {
@@ -355,15 +418,17 @@ fn commander_variant_name(msg: &CommanderMessage) -> &'static str {
         CommanderMessage::StatusUpdate(_) => "StatusUpdate",
         CommanderMessage::Ack(_) => "Ack",
         CommanderMessage::Nack(_) => "Nack",
+        CommanderMessage::Action(_) => "Action",
     }
 }
-const ALL_COMMANDER_VARIANTS: [&str; 6] = [
+const ALL_COMMANDER_VARIANTS: [&str; 7] = [
     "Challenge",
     "Welcome",
     "Reject",
     "StatusUpdate",
     "Ack",
     "Nack",
+    "Action",
 ];
 
 fn reject_code_name(code: RejectCode) -> &'static str {
@@ -447,6 +512,15 @@ fn covered_in_heartbeat(hb: &Heartbeat, seen: &mut BTreeSet<String>) {
     }
 }
 
+/// Adds what an action result body covers: both values of `ok` and of
+/// `replayed`.
+fn covered_in_result(body: &ActionResultBody, seen: &mut BTreeSet<String>) {
+    seen.insert(format!("ActionResultBody::replayed={}", body.replayed));
+    for outcome in &body.results {
+        seen.insert(format!("TargetOutcome::ok={}", outcome.ok));
+    }
+}
+
 #[test]
 fn fixtures_cover_every_variant_and_enum_value() {
     let mut seen = BTreeSet::new();
@@ -461,6 +535,10 @@ fn fixtures_cover_every_variant_and_enum_value() {
                     SentryMessage::Heartbeat(signed) => {
                         let hb: Heartbeat = codec::decode(&signed.payload).unwrap();
                         covered_in_heartbeat(&hb, &mut seen);
+                    }
+                    SentryMessage::ActionResult(signed) => {
+                        let body: ActionResultBody = codec::decode(&signed.payload).unwrap();
+                        covered_in_result(&body, &mut seen);
                     }
                     SentryMessage::Proof(_) => {}
                 }
@@ -483,12 +561,22 @@ fn fixtures_cover_every_variant_and_enum_value() {
                     CommanderMessage::Nack(n) => {
                         seen.insert(format!("NackReason::{}", nack_reason_name(n.reason)));
                     }
+                    CommanderMessage::Action(signed) => {
+                        let _: ActionRequest = codec::decode(&signed.payload).unwrap();
+                    }
                     CommanderMessage::Challenge(_) | CommanderMessage::Ack(_) => {}
                 }
             }
             Golden::Heartbeat(hb) => {
                 seen.insert("Heartbeat".into());
                 covered_in_heartbeat(&hb, &mut seen);
+            }
+            Golden::ActionRequest(_) => {
+                seen.insert("ActionRequest".into());
+            }
+            Golden::ActionResultBody(body) => {
+                seen.insert("ActionResultBody".into());
+                covered_in_result(&body, &mut seen);
             }
         }
     }
@@ -503,6 +591,12 @@ fn fixtures_cover_every_variant_and_enum_value() {
     wanted.extend(ALL_SEVERITIES.map(|v| format!("Severity::{}", severity_name(v))));
     wanted.insert("Heartbeat".into());
     wanted.insert("DeviceSnapshot::full".into());
+    wanted.insert("ActionRequest".into());
+    wanted.insert("ActionResultBody".into());
+    for b in [false, true] {
+        wanted.insert(format!("ActionResultBody::replayed={b}"));
+        wanted.insert(format!("TargetOutcome::ok={b}"));
+    }
 
     let missing: Vec<_> = wanted.difference(&seen).collect();
     assert!(missing.is_empty(), "no golden fixture covers {missing:?}");
@@ -570,6 +664,8 @@ fn check_golden(name: &str, golden: &Golden) -> Option<String> {
         Golden::Sentry(msg) => check(name, msg),
         Golden::Commander(msg) => check(name, msg),
         Golden::Heartbeat(hb) => check(name, hb),
+        Golden::ActionRequest(req) => check(name, req),
+        Golden::ActionResultBody(body) => check(name, body),
     }
 }
 
@@ -578,6 +674,8 @@ fn encode_golden(golden: &Golden) -> Vec<u8> {
         Golden::Sentry(msg) => codec::encode(msg),
         Golden::Commander(msg) => codec::encode(msg),
         Golden::Heartbeat(hb) => codec::encode(hb),
+        Golden::ActionRequest(req) => codec::encode(req),
+        Golden::ActionResultBody(body) => codec::encode(body),
     }
     .expect("a golden value encodes")
 }
@@ -664,6 +762,43 @@ fn golden_signatures_verify() {
         full_heartbeat()
     );
     assert_eq!(signed.payload, codec::encode(&full_heartbeat()).unwrap());
+
+    // The golden action opens on the golden sentry, which pins the golden
+    // commander, until it expires; its payload is the golden request.
+    let signed = action::seal_action(&commander_key(), &action_request()).unwrap();
+    assert_eq!(signed.payload, codec::encode(&action_request()).unwrap());
+    assert_eq!(
+        action::open_action(&[commander], &sentry, &signed, T0_MS + 1_000).unwrap(),
+        action_request()
+    );
+    sign::verify(
+        &commander,
+        Domain::Action,
+        &signed.payload,
+        &signed.signature,
+    )
+    .unwrap();
+    assert!(matches!(
+        action::open_action(&[commander], &sentry, &signed, T0_MS + 3_600_000),
+        Err(action::ActionRefusal::Expired { .. })
+    ));
+    // The golden result opens for the golden sentry.
+    let signed = action::seal_result(&sentry_key(), &action_result_body(false)).unwrap();
+    assert_eq!(
+        signed.payload,
+        codec::encode(&action_result_body(false)).unwrap()
+    );
+    assert_eq!(
+        action::open_result(&sentry, &signed).unwrap(),
+        action_result_body(false)
+    );
+    sign::verify(
+        &sentry,
+        Domain::ActionResult,
+        &signed.payload,
+        &signed.signature,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -672,6 +807,8 @@ fn signing_inputs_are_tag_length_tag_payload() {
         (Domain::Heartbeat, "hashfleet/v1/heartbeat"),
         (Domain::SentryProof, "hashfleet/v1/sentry-proof"),
         (Domain::CommanderProof, "hashfleet/v1/commander-proof"),
+        (Domain::Action, "hashfleet/v1/action"),
+        (Domain::ActionResult, "hashfleet/v1/action-result"),
     ];
     for (domain, tag) in cases {
         assert_eq!(domain.tag(), tag);
@@ -706,6 +843,8 @@ fn a_frame_is_a_big_endian_u32_length_then_the_body() {
             Golden::Sentry(msg) => codec::encode_frame(msg, MAX_FRAME_LEN),
             Golden::Commander(msg) => codec::encode_frame(msg, MAX_FRAME_LEN),
             Golden::Heartbeat(hb) => codec::encode_frame(hb, MAX_FRAME_LEN),
+            Golden::ActionRequest(req) => codec::encode_frame(req, MAX_FRAME_LEN),
+            Golden::ActionResultBody(body) => codec::encode_frame(body, MAX_FRAME_LEN),
         }
         .unwrap();
         assert_eq!(&frame[..4], &(body.len() as u32).to_be_bytes(), "{name}");
@@ -716,6 +855,8 @@ fn a_frame_is_a_big_endian_u32_length_then_the_body() {
                 Golden::Sentry(msg) => codec::encode_frame(msg, body.len() - 1),
                 Golden::Commander(msg) => codec::encode_frame(msg, body.len() - 1),
                 Golden::Heartbeat(hb) => codec::encode_frame(hb, body.len() - 1),
+                Golden::ActionRequest(req) => codec::encode_frame(req, body.len() - 1),
+                Golden::ActionResultBody(b) => codec::encode_frame(b, body.len() - 1),
             }
             .is_err(),
             "{name}"

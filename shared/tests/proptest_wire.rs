@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bincode::error::DecodeError;
+use hashfleet_shared::action;
 use hashfleet_shared::codec::{self, CodecError, FrameDecoder, MAX_FRAME_LEN};
 use hashfleet_shared::heartbeat;
 use hashfleet_shared::wire::*;
@@ -239,11 +240,94 @@ fn signed_heartbeat() -> impl Strategy<Value = SignedHeartbeat> {
         .prop_map(|(payload, signature)| SignedHeartbeat { payload, signature })
 }
 
+/// JSON array text, or any text (the wire does not check it).
+fn params() -> impl Strategy<Value = String> {
+    prop_oneof![
+        vec(text(8), 0..4).prop_map(|v| serde_json::to_string(&v).expect("strings serialize")),
+        text(40),
+    ]
+}
+
+fn action_request() -> impl Strategy<Value = ActionRequest> {
+    (
+        text(40),
+        node_id(),
+        text(16),
+        params(),
+        vec(text(20), 0..5),
+        vec(text(12), 0..4),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(action_id, node_id, method, params, targets, voters, issued_at_ms, expires_at_ms)| {
+                ActionRequest {
+                    action_id,
+                    node_id,
+                    method,
+                    params,
+                    targets,
+                    voters,
+                    issued_at_ms,
+                    expires_at_ms,
+                }
+            },
+        )
+}
+
+fn target_outcome() -> impl Strategy<Value = TargetOutcome> {
+    (text(20), any::<bool>(), text(64)).prop_map(|(target, ok, detail)| TargetOutcome {
+        target,
+        ok,
+        detail,
+    })
+}
+
+fn action_result_body() -> impl Strategy<Value = ActionResultBody> {
+    (
+        text(40),
+        node_id(),
+        vec(target_outcome(), 0..5),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(action_id, node_id, results, executed_at_ms, replayed)| ActionResultBody {
+                action_id,
+                node_id,
+                results,
+                executed_at_ms,
+                replayed,
+            },
+        )
+}
+
+/// A signed action whose payload is a real encoded request or any bytes.
+fn signed_action() -> impl Strategy<Value = SignedAction> {
+    let payload = prop_oneof![
+        action_request().prop_map(|r| codec::encode(&r).expect("a small request encodes")),
+        vec(any::<u8>(), 0..256),
+    ];
+    (payload, byte_array::<64>())
+        .prop_map(|(payload, signature)| SignedAction { payload, signature })
+}
+
+/// A signed result whose payload is a real encoded body or any bytes.
+fn signed_action_result() -> impl Strategy<Value = SignedActionResult> {
+    let payload = prop_oneof![
+        action_result_body().prop_map(|b| codec::encode(&b).expect("a small result encodes")),
+        vec(any::<u8>(), 0..256),
+    ];
+    (payload, byte_array::<64>())
+        .prop_map(|(payload, signature)| SignedActionResult { payload, signature })
+}
+
 fn sentry_message() -> impl Strategy<Value = SentryMessage> {
     prop_oneof![
         hello().prop_map(SentryMessage::Hello),
         byte_array::<64>().prop_map(|signature| SentryMessage::Proof(Proof { signature })),
         signed_heartbeat().prop_map(SentryMessage::Heartbeat),
+        signed_action_result().prop_map(SentryMessage::ActionResult),
     ]
 }
 
@@ -270,6 +354,7 @@ fn commander_message() -> impl Strategy<Value = CommanderMessage> {
                 last_seq,
             })
         }),
+        signed_action().prop_map(CommanderMessage::Action),
     ]
 }
 
@@ -279,6 +364,8 @@ fn valid_frame() -> impl Strategy<Value = Vec<u8>> {
         sentry_message().prop_map(|m| codec::encode_frame(&m, MAX_FRAME_LEN).unwrap()),
         commander_message().prop_map(|m| codec::encode_frame(&m, MAX_FRAME_LEN).unwrap()),
         heartbeat().prop_map(|hb| codec::encode_frame(&hb, MAX_FRAME_LEN).unwrap()),
+        action_request().prop_map(|r| codec::encode_frame(&r, MAX_FRAME_LEN).unwrap()),
+        action_result_body().prop_map(|b| codec::encode_frame(&b, MAX_FRAME_LEN).unwrap()),
     ]
 }
 
@@ -335,6 +422,64 @@ proptest! {
         round_trip(&hb)?;
     }
 
+    #[test]
+    fn action_payloads_round_trip(req in action_request(), body in action_result_body()) {
+        round_trip(&req)?;
+        round_trip(&body)?;
+    }
+
+    /// seal → wire → open gives back the request on its sentry, before it
+    /// expires; the result comes back the same way.
+    #[test]
+    fn sealed_actions_and_results_open(
+        mut req in action_request(),
+        mut body in action_result_body(),
+        lifetime in 1u64..=action::MAX_LIFETIME_MS,
+        age in any::<u64>(),
+    ) {
+        let commander = NodeKey::from_seed(&[3u8; 32]);
+        let sentry = NodeKey::from_seed(&[7u8; 32]);
+        req.node_id = sentry.node_id();
+        req.params = serde_json::to_string(&req.targets).unwrap();
+        req.action_id.insert(0, 'a');
+        req.method.insert(0, 'm');
+        req.targets.push("host".into());
+        req.issued_at_ms %= u64::MAX / 2;
+        req.expires_at_ms = req.issued_at_ms + lifetime;
+        let valid = action::check_request(&req).is_ok();
+        match action::seal_action(&commander, &req) {
+            Ok(signed) => {
+                prop_assert!(valid);
+                let msg = CommanderMessage::Action(signed);
+                let back: CommanderMessage = codec::decode(&codec::encode(&msg).unwrap()).unwrap();
+                let CommanderMessage::Action(signed) = back else {
+                    return Err(TestCaseError::fail("not an action"));
+                };
+                let now = req.issued_at_ms.saturating_add(age % (2 * lifetime));
+                let opened = action::open_action(&[commander.node_id()], &sentry.node_id(), &signed, now);
+                if now < req.expires_at_ms {
+                    prop_assert_eq!(opened, Ok(req));
+                } else {
+                    let is_expired = matches!(opened, Err(action::ActionRefusal::Expired { .. }));
+                    prop_assert!(is_expired);
+                }
+            }
+            Err(_) => prop_assert!(!valid),
+        }
+
+        body.node_id = sentry.node_id();
+        body.action_id.insert(0, 'a');
+        let signed = action::seal_result(&sentry, &body).unwrap();
+        let msg = SentryMessage::ActionResult(signed);
+        let back: SentryMessage = codec::decode(&codec::encode(&msg).unwrap()).unwrap();
+        let SentryMessage::ActionResult(signed) = back else {
+            return Err(TestCaseError::fail("not an action result"));
+        };
+        if body.action_id.len() <= action::MAX_ACTION_ID_LEN {
+            prop_assert_eq!(action::open_result(&sentry.node_id(), &signed), Ok(body));
+        }
+    }
+
     /// seal → wire → open gives back the heartbeat, on the sealer's session.
     #[test]
     fn sealed_heartbeats_open(mut hb in heartbeat(), last_seq in any::<u64>()) {
@@ -372,6 +517,24 @@ fn decode_everything(body: &[u8]) {
         signature: [0u8; 64],
     };
     let _ = heartbeat::open(&session(), &signed, 0, u64::MAX);
+    let pins = [NodeKey::from_seed(&[3u8; 32]).node_id()];
+    if let Ok(CommanderMessage::Action(signed)) = codec::decode::<CommanderMessage>(body) {
+        let _ = action::open_action(&pins, &session(), &signed, 0);
+    }
+    if let Ok(SentryMessage::ActionResult(signed)) = codec::decode::<SentryMessage>(body) {
+        let _ = action::open_result(&session(), &signed);
+    }
+    let signed = SignedAction {
+        payload: body.to_vec(),
+        signature: [0u8; 64],
+    };
+    let _ = action::open_action(&pins, &session(), &signed, 0);
+    let _ = action::refusal_result(&session(), &signed, &action::ActionRefusal::BadSignature, 0);
+    let signed = SignedActionResult {
+        payload: body.to_vec(),
+        signature: [0u8; 64],
+    };
+    let _ = action::open_result(&session(), &signed);
 }
 
 /// Feeds `stream` to a frame decoder in `chunk`-byte pieces and decodes
@@ -588,8 +751,19 @@ fn huge_claimed_lengths_fail_fast_without_allocating() {
         // Heartbeat.body.devices: Vec<DeviceSnapshot>.
         let mut devices = heartbeat_head();
         devices.extend(varint_u64(claimed));
+        // SignedAction.payload and SignedActionResult.payload: Vec<u8>.
+        let mut action_payload = vec![0x06];
+        action_payload.extend(varint_u64(claimed));
+        let mut result_payload = vec![0x03];
+        result_payload.extend(varint_u64(claimed));
+        // ActionRequest.targets: Vec<String> (after action_id "a", node_id,
+        // method "m", params "[]").
+        let mut targets = vec![0x01, b'a'];
+        targets.extend_from_slice(&[0xee; 32]);
+        targets.extend_from_slice(&[0x01, b'm', 0x02, b'[', b']']);
+        targets.extend(varint_u64(claimed));
 
-        let cases: [(&str, &[u8], DecodeFn); 4] = [
+        let cases: [(&str, &[u8], DecodeFn); 7] = [
             ("SignedHeartbeat.payload", &heartbeat_payload, |b| {
                 codec::decode::<SentryMessage>(b).map(drop)
             }),
@@ -601,6 +775,15 @@ fn huge_claimed_lengths_fail_fast_without_allocating() {
             }),
             ("HeartbeatBody.devices", &devices, |b| {
                 codec::decode::<Heartbeat>(b).map(drop)
+            }),
+            ("SignedAction.payload", &action_payload, |b| {
+                codec::decode::<CommanderMessage>(b).map(drop)
+            }),
+            ("SignedActionResult.payload", &result_payload, |b| {
+                codec::decode::<SentryMessage>(b).map(drop)
+            }),
+            ("ActionRequest.targets", &targets, |b| {
+                codec::decode::<ActionRequest>(b).map(drop)
             }),
         ];
         for (what, bytes, decode) in cases {
@@ -650,6 +833,9 @@ fn a_huge_frame_prefix_is_refused_before_buffering() {
 #[test]
 fn unknown_variants_and_bad_values_are_errors() {
     // Variant indexes past the end of each v1 enum.
+    assert!(codec::decode::<SentryMessage>(&[0x04]).is_err());
+    assert!(codec::decode::<CommanderMessage>(&[0x07]).is_err());
+    // The last variants with nothing behind them.
     assert!(codec::decode::<SentryMessage>(&[0x03]).is_err());
     assert!(codec::decode::<CommanderMessage>(&[0x06]).is_err());
     // Reject with RejectCode 8, Nack with NackReason 6, StatusUpdate 2.

@@ -216,7 +216,12 @@ pub struct TestSentry {
 
 impl TestSentry {
     pub fn start(config: AgentConfig) -> Self {
-        let agent = hashfleet_sentry_host::agent(config).expect("sentry config is valid");
+        Self::start_with(hashfleet_sentry_host::config::HostConfig::new(config))
+    }
+
+    /// A sentry-host with host actions (hooks, reboot) configured.
+    pub fn start_with(config: hashfleet_sentry_host::config::HostConfig) -> Self {
+        let agent = hashfleet_sentry_host::agent_with(config).expect("sentry config is valid");
         let status = agent.status();
         let node_id = agent.identity().node_id();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -13,15 +13,17 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use hashfleet_shared::now_ms;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::auth::Principal;
 use super::error::ApiError;
 use crate::app::App;
 use crate::fleet::group_series;
 use crate::fleet::rollup::{combine_group, Bucket, Op, Resolution, DAY_MS};
+use crate::permissions::Level;
 
 const MAX_ROWS: usize = 10_000;
 const MAX_FIELDS: usize = 32;
@@ -234,9 +236,11 @@ fn tail_rows(app: &App, req: &TailRequest) -> Result<Vec<Value>, ApiError> {
 
 pub async fn tail(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     body: Result<Json<TailRequest>, JsonRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let Json(req) = body?;
+    principal.require(&req.kind, Level::Read)?;
     tokio::task::spawn_blocking(move || tail_rows(&app, &req).map(Json)).await?
 }
 
@@ -248,9 +252,13 @@ pub struct MultiRequest {
 
 pub async fn multi(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     body: Result<Json<MultiRequest>, JsonRejection>,
 ) -> Result<Json<Vec<Vec<Value>>>, ApiError> {
     let Json(req) = body?;
+    for q in &req.queries {
+        principal.require(&q.kind, Level::Read)?;
+    }
     if req.queries.is_empty() || req.queries.len() > MAX_MULTI {
         return Err(ApiError::params(format!(
             "queries must hold 1 to {MAX_MULTI} tail queries"
@@ -432,9 +440,11 @@ fn daily_result(app: &App, req: &DailyRequest) -> Result<Value, ApiError> {
 
 pub async fn daily(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     body: Result<Json<DailyRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(req) = body?;
+    principal.require(&req.kind, Level::Read)?;
     tokio::task::spawn_blocking(move || daily_result(&app, &req).map(Json)).await?
 }
 

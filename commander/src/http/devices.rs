@@ -6,16 +6,18 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use hashfleet_shared::now_ms;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use super::auth::Principal;
 use super::csv;
 use super::error::ApiError;
 use crate::app::App;
 use crate::fleet::rollup::{Resolution, HOUR_MS};
 use crate::fleet::{device_series, FleetError};
+use crate::permissions::Level;
 use crate::query::{Projection, Query, QueryError, Sort};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -57,12 +59,34 @@ impl From<FleetError> for ApiError {
     }
 }
 
-fn run_query(app: &App, req: &QueryRequest, max: usize) -> Result<QueryResponse, ApiError> {
-    let query = if req.query.is_null() {
-        Query::default()
-    } else {
-        Query::parse(&req.query)?
-    };
+/// The request's filter, narrowed to the device types in `readable`
+/// (`None`: every type) by an `$and` with `{"type": {"$in": readable}}`.
+/// The caller's own filter is parsed first, so its errors read as written.
+pub fn visible_query(filter: &Value, readable: Option<&[&str]>) -> Result<Query, QueryError> {
+    if !filter.is_null() {
+        Query::parse(filter)?;
+    }
+    match readable {
+        None if filter.is_null() => Ok(Query::default()),
+        None => Query::parse(filter),
+        Some(types) => {
+            let only = json!({"type": {"$in": types}});
+            if filter.is_null() {
+                Query::parse(&only)
+            } else {
+                Query::parse(&json!({"$and": [filter, only]}))
+            }
+        }
+    }
+}
+
+fn run_query(
+    app: &App,
+    req: &QueryRequest,
+    max: usize,
+    readable: Option<&[&str]>,
+) -> Result<QueryResponse, ApiError> {
+    let query = visible_query(&req.query, readable)?;
     let sort = Sort::parse(&req.sort)?;
     let projection = Projection::parse(&req.fields)?;
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
@@ -77,11 +101,16 @@ fn run_query(app: &App, req: &QueryRequest, max: usize) -> Result<QueryResponse,
 
 pub async fn query(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     body: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Json<QueryResponse>, ApiError> {
     let Json(req) = body?;
     let app2 = app.clone();
-    tokio::task::spawn_blocking(move || run_query(&app2, &req, MAX_LIMIT).map(Json)).await?
+    tokio::task::spawn_blocking(move || {
+        let readable = principal.readable_device_types();
+        run_query(&app2, &req, MAX_LIMIT, readable.as_deref()).map(Json)
+    })
+    .await?
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +121,7 @@ pub struct CsvQuery {
 
 pub async fn export_csv(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     params: Result<QueryParams<CsvQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let QueryParams(params) = params?;
@@ -107,7 +137,11 @@ pub async fn export_csv(
     };
     req.limit = Some(req.limit.unwrap_or(100_000));
     let app2 = app.clone();
-    let result = tokio::task::spawn_blocking(move || run_query(&app2, &req, 100_000)).await??;
+    let result = tokio::task::spawn_blocking(move || {
+        let readable = principal.readable_device_types();
+        run_query(&app2, &req, 100_000, readable.as_deref())
+    })
+    .await??;
     Ok(csv_response(csv::devices(&result.devices), "devices.csv"))
 }
 
@@ -125,14 +159,24 @@ fn csv_response(body: String, name: &str) -> Response {
         .into_response()
 }
 
+/// A device's document, if it exists and `principal` may read its type:
+/// 404 `ERR_THING_NOTFOUND`, or 403 naming the `type:r` it needs.
+fn visible_device(app: &App, principal: &Principal, id: &str) -> Result<Value, ApiError> {
+    let doc = app
+        .fleet
+        .device(id, now_ms())
+        .ok_or_else(|| not_found(id))?;
+    let kind = doc.get("type").and_then(Value::as_str).unwrap_or_default();
+    principal.require(kind, Level::Read)?;
+    Ok(doc)
+}
+
 pub async fn get_one(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.fleet
-        .device(&id, now_ms())
-        .map(Json)
-        .ok_or_else(|| not_found(&id))
+    visible_device(&app, &principal, &id).map(Json)
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -167,7 +211,12 @@ pub struct HistoryRow {
     pub last: f64,
 }
 
-fn history_rows(app: &App, id: &str, q: &HistoryQuery) -> Result<Vec<HistoryRow>, ApiError> {
+fn history_rows(
+    app: &App,
+    principal: &Principal,
+    id: &str,
+    q: &HistoryQuery,
+) -> Result<Vec<HistoryRow>, ApiError> {
     let metric = q
         .metric
         .as_deref()
@@ -185,9 +234,7 @@ fn history_rows(app: &App, id: &str, q: &HistoryQuery) -> Result<Vec<HistoryRow>
     if start > end {
         return Err(ApiError::params("start must not be after end"));
     }
-    if app.fleet.device(id, now_ms()).is_none() {
-        return Err(not_found(id));
-    }
+    visible_device(app, principal, id)?;
     let buckets = app.fleet.read_series(
         app.store.as_ref(),
         &device_series(id, metric),
@@ -211,20 +258,23 @@ fn history_rows(app: &App, id: &str, q: &HistoryQuery) -> Result<Vec<HistoryRow>
 
 pub async fn history(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     params: Result<QueryParams<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<HistoryRow>>, ApiError> {
     let QueryParams(q) = params?;
-    tokio::task::spawn_blocking(move || history_rows(&app, &id, &q).map(Json)).await?
+    tokio::task::spawn_blocking(move || history_rows(&app, &principal, &id, &q).map(Json)).await?
 }
 
 pub async fn history_csv(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     params: Result<QueryParams<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let QueryParams(q) = params?;
-    let rows = tokio::task::spawn_blocking(move || history_rows(&app, &id, &q)).await??;
+    let rows =
+        tokio::task::spawn_blocking(move || history_rows(&app, &principal, &id, &q)).await??;
     let mut out = String::from("ts,avg,min,max,sum,count,last\r\n");
     for r in rows {
         out.push_str(&format!(
@@ -233,4 +283,51 @@ pub async fn history_csv(
         ));
     }
     Ok(csv_response(out, "history.csv"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, kind: &str, temp: f64) -> Value {
+        json!({"id": id, "type": kind, "temp_c": temp})
+    }
+
+    #[test]
+    fn queries_are_narrowed_to_readable_types() {
+        let docs = [
+            doc("m1", "miner", 80.0),
+            doc("m2", "miner", 60.0),
+            doc("h1", "host", 90.0),
+        ];
+        let matching = |q: &Query| -> Vec<&str> {
+            docs.iter()
+                .filter(|d| q.matches(d))
+                .map(|d| d["id"].as_str().unwrap())
+                .collect()
+        };
+        let miners = Some(&["miner"][..]);
+        let hot = json!({"temp_c": {"$gt": 70}});
+        assert_eq!(
+            matching(&visible_query(&Value::Null, None).unwrap()),
+            ["m1", "m2", "h1"]
+        );
+        assert_eq!(
+            matching(&visible_query(&Value::Null, miners).unwrap()),
+            ["m1", "m2"]
+        );
+        assert_eq!(matching(&visible_query(&hot, None).unwrap()), ["m1", "h1"]);
+        assert_eq!(matching(&visible_query(&hot, miners).unwrap()), ["m1"]);
+        assert_eq!(
+            matching(&visible_query(&json!({}), miners).unwrap()),
+            ["m1", "m2"]
+        );
+        // An `$or` cannot reach past the narrowing.
+        let either = json!({"$or": [{"type": "host"}, {"temp_c": {"$lt": 70}}]});
+        assert_eq!(matching(&visible_query(&either, miners).unwrap()), ["m2"]);
+        // The caller's errors are about the caller's filter.
+        let err = visible_query(&json!({"$bogus": 1}), miners).unwrap_err();
+        assert!(err.to_string().contains("$bogus"), "{err}");
+        assert!(!err.to_string().contains("$and["), "{err}");
+    }
 }

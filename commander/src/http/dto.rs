@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use hashfleet_shared::{NodeId, WalletAddress};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{HeartbeatRecord, ProgressRecord, SentryRecord};
+use crate::store::{ApiTokenRecord, HeartbeatRecord, ProgressRecord, SentryRecord, UserRecord};
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -144,4 +144,118 @@ pub struct TokenDto {
     pub token: String,
     pub uses: u32,
     pub expires_at: String,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("permissions", &self.permissions)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+/// A user as the API shows it: never the password hash.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserDto {
+    pub username: String,
+    pub permissions: Vec<String>,
+    pub admin: bool,
+    pub disabled: bool,
+    pub created_at: String,
+}
+
+impl UserDto {
+    pub fn new(r: &UserRecord) -> Self {
+        UserDto {
+            username: r.username.clone(),
+            permissions: r.permissions.clone(),
+            admin: r.admin,
+            disabled: r.disabled,
+            created_at: rfc3339_ms(r.created_ms),
+        }
+    }
+}
+
+/// `POST /api/v1/auth/login`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+    /// The token's id (to revoke it: `DELETE /api/v1/tokens/{id}`).
+    pub id: String,
+    pub username: String,
+    pub expires_at: String,
+}
+
+/// `GET /api/v1/auth/me`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MeDto {
+    pub username: String,
+    /// As stored for the user (roles unexpanded); empty for the bootstrap token.
+    pub permissions: Vec<String>,
+    /// What they grant, roles expanded, as `type:level`.
+    pub effective: Vec<String>,
+    pub admin: bool,
+}
+
+/// A just-made personal token: the only time the token is shown.
+#[derive(Serialize, Deserialize)]
+pub struct NewApiTokenDto {
+    pub id: String,
+    pub token: String,
+    pub created_at: String,
+}
+
+/// An API token as listed (never the token itself).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiTokenDto {
+    pub id: String,
+    pub username: String,
+    pub kind: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+}
+
+impl ApiTokenDto {
+    pub fn new(r: &ApiTokenRecord) -> Self {
+        ApiTokenDto {
+            id: r.id.clone(),
+            username: r.username.clone(),
+            kind: r.kind.as_str().to_string(),
+            created_at: rfc3339_ms(r.created_ms),
+            expires_at: (r.expires_ms > 0).then(|| rfc3339_ms(r.expires_ms)),
+            revoked: r.revoked,
+        }
+    }
 }

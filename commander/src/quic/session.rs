@@ -296,12 +296,20 @@ async fn run(
                         }
                     }
                     SentryMessage::Hello(_) => break Err("a second Hello".into()),
+                    SentryMessage::ActionResult(signed) => {
+                        record_action_result(app, &peer, sentry_id, &signed).await;
+                    }
                 }
             }
             c = control.recv() => match c {
                 Some(Control::Approved) => {
                     approved = true;
                     let _ = out_tx.send(CommanderMessage::StatusUpdate(StatusUpdate { status: SentryStatus::Approved })).await;
+                }
+                Some(Control::Action(signed)) => {
+                    if out_tx.send(CommanderMessage::Action(*signed)).await.is_err() {
+                        break Err("writer stopped".into());
+                    }
                 }
                 None => break Err("replaced by a newer session of this node".into()),
                 Some(Control::Revoked) => {
@@ -375,5 +383,42 @@ async fn write_loop(
         if tx.send(&msg).await.is_err() {
             return;
         }
+    }
+}
+
+/// Verifies a sentry's signed action result and records each target's
+/// outcome. A result that does not verify is logged and dropped: the
+/// commander resends the request on the sentry's next session.
+async fn record_action_result(
+    app: &Arc<App>,
+    peer: &NodeId,
+    sentry_id: u64,
+    signed: &hashfleet_shared::wire::SignedActionResult,
+) {
+    let body = match hashfleet_shared::action::open_result(peer, signed) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(%peer, "action result refused: {e}");
+            return;
+        }
+    };
+    let app2 = app.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        for outcome in &body.results {
+            let key = format!("{sentry_id:016x}/{}", outcome.target);
+            let result = crate::actions::TargetResult {
+                ok: outcome.ok,
+                detail: outcome.detail.clone(),
+                at_ms: body.executed_at_ms,
+            };
+            if let Err(e) = app2.actions.result(&body.action_id, &key, result) {
+                debug!(action = %body.action_id, "result not recorded: {e}");
+            }
+        }
+        body.action_id
+    })
+    .await;
+    if let Ok(id) = recorded {
+        info!(action = %id, %peer, "action result recorded");
     }
 }

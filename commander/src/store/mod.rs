@@ -8,15 +8,17 @@
 //!   progress trees and durable when it returns: only then may a seq be
 //!   acknowledged.
 
+pub mod actions;
 pub mod backup;
 pub mod records;
+mod sled_actions;
 mod sled_store;
 
 use hashfleet_shared::NodeId;
 
 pub use records::{
-    AlertRecord, DeviceRecord, DeviceStateRecord, HeartbeatRecord, ProgressRecord, RollupRecord,
-    SentryRecord, SentryState, TokenRecord,
+    AlertRecord, ApiTokenKind, ApiTokenRecord, DeviceRecord, DeviceStateRecord, HeartbeatRecord,
+    ProgressRecord, RollupRecord, SentryRecord, SentryState, TokenRecord, UserRecord,
 };
 
 use crate::fleet::rollup::Resolution;
@@ -134,6 +136,25 @@ pub trait Store: Send + Sync + 'static {
     fn put_token(&self, hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError>;
     /// Takes one use of a token, atomically.
     fn use_token(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenUse, StoreError>;
+
+    /// Creates a user; `false` (and nothing written) if the name is taken.
+    /// Durable on return.
+    fn create_user(&self, record: &UserRecord) -> Result<bool, StoreError>;
+    /// Replaces an existing user (e.g. to disable it); durable on return.
+    fn put_user(&self, record: &UserRecord) -> Result<(), StoreError>;
+    fn user(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Every user, by name.
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Stores an API token under its SHA-256; durable on return.
+    fn put_api_token(&self, hash: &[u8; 32], record: &ApiTokenRecord) -> Result<(), StoreError>;
+    fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>, StoreError>;
+    /// Every API token with its hash.
+    fn api_tokens(&self) -> Result<Vec<([u8; 32], ApiTokenRecord)>, StoreError>;
+    /// Marks a token revoked; `false` if there is no such token. Durable on return.
+    fn revoke_api_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Deletes session tokens that expired before `now_ms`; returns how many.
+    fn prune_api_tokens(&self, now_ms: u64) -> Result<u64, StoreError>;
 
     /// Stores heartbeats and the sentries' progress in one transaction, then
     /// flushes to disk.

@@ -68,6 +68,58 @@ pub struct TokenRecord {
     pub created_ms: u64,
 }
 
+/// A user of the HTTP API (tree `users`, keyed by username).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct UserRecord {
+    pub username: String,
+    /// Argon2id PHC string (`$argon2id$v=19$…`); never leaves the store but in backups.
+    pub password_hash: String,
+    /// `type:level` and `role:NAME` entries, as validated at creation.
+    pub permissions: Vec<String>,
+    pub admin: bool,
+    pub created_ms: u64,
+    /// A disabled user can neither log in nor use its tokens.
+    pub disabled: bool,
+}
+
+/// How an API token came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ApiTokenKind {
+    /// Made by `POST /api/v1/auth/login`; expires.
+    Session,
+    /// Made by `POST /api/v1/tokens`; lives until revoked.
+    Personal,
+}
+
+impl ApiTokenKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ApiTokenKind::Session => "session",
+            ApiTokenKind::Personal => "personal",
+        }
+    }
+}
+
+/// A user's bearer token (tree `api_tokens`, keyed by the token's SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ApiTokenRecord {
+    /// 16 hex digits, shown to the user to name the token (e.g. to revoke it).
+    pub id: String,
+    pub username: String,
+    pub kind: ApiTokenKind,
+    pub created_ms: u64,
+    /// 0: never (personal tokens).
+    pub expires_ms: u64,
+    pub revoked: bool,
+}
+
+impl ApiTokenRecord {
+    /// Whether the token may be used at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        !self.revoked && (self.expires_ms == 0 || now_ms < self.expires_ms)
+    }
+}
+
 /// One stored heartbeat.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct HeartbeatRecord {

@@ -8,7 +8,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::records::{
-    self, HeartbeatRecord, ProgressRecord, SentryRecord, SentryState, TokenRecord,
+    self, ApiTokenKind, ApiTokenRecord, HeartbeatRecord, ProgressRecord, SentryRecord, SentryState,
+    TokenRecord, UserRecord,
 };
 use super::{BackupStats, Checkpoint, HeartbeatWrite, RollupKey, Store, StoreError, TokenUse};
 use crate::fleet::rollup::Resolution;
@@ -23,14 +24,16 @@ const DEVICES: &str = "devices";
 const SERIES: &str = "series";
 const ROLLUPS: &str = "rollups";
 const ROLLUP_MARKS: &str = "rollup_marks";
+const USERS: &str = "users";
+const API_TOKENS: &str = "api_tokens";
 
 /// sled-backed [`Store`].
 ///
 /// Every write takes the `gate` shared; [`Store::backup`] takes it
 /// exclusively, so a backup sees no half-written group of trees.
 pub struct SledStore {
-    gate: std::sync::RwLock<()>,
-    db: sled::Db,
+    pub(super) gate: std::sync::RwLock<()>,
+    pub(super) db: sled::Db,
     sentries: sled::Tree,
     node_keys: sled::Tree,
     progress: sled::Tree,
@@ -40,6 +43,8 @@ pub struct SledStore {
     series: sled::Tree,
     rollups: sled::Tree,
     rollup_marks: sled::Tree,
+    users: sled::Tree,
+    api_tokens: sled::Tree,
 }
 
 fn heartbeat_key(sentry_id: u64, seq: u64) -> [u8; 16] {
@@ -69,6 +74,8 @@ impl SledStore {
             series: db.open_tree(SERIES)?,
             rollups: db.open_tree(ROLLUPS)?,
             rollup_marks: db.open_tree(ROLLUP_MARKS)?,
+            users: db.open_tree(USERS)?,
+            api_tokens: db.open_tree(API_TOKENS)?,
             db,
         })
     }
@@ -169,6 +176,115 @@ impl Store for SledStore {
                 return Ok(TokenUse::Used);
             }
         }
+    }
+
+    fn create_user(&self, record: &UserRecord) -> Result<bool, StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let created = self
+            .users
+            .compare_and_swap(
+                record.username.as_bytes(),
+                None as Option<&[u8]>,
+                Some(records::encode(record)),
+            )?
+            .is_ok();
+        if created {
+            self.db.flush()?;
+        }
+        Ok(created)
+    }
+
+    fn put_user(&self, record: &UserRecord) -> Result<(), StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.users
+            .insert(record.username.as_bytes(), records::encode(record))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .get(username.as_bytes())?
+            .map(|v| records::decode(USERS, &v))
+            .transpose()
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.users
+            .iter()
+            .map(|kv| records::decode(USERS, &kv?.1))
+            .collect()
+    }
+
+    fn put_api_token(&self, hash: &[u8; 32], record: &ApiTokenRecord) -> Result<(), StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.api_tokens.insert(hash, records::encode(record))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>, StoreError> {
+        self.api_tokens
+            .get(hash)?
+            .map(|v| records::decode(API_TOKENS, &v))
+            .transpose()
+    }
+
+    fn api_tokens(&self) -> Result<Vec<([u8; 32], ApiTokenRecord)>, StoreError> {
+        self.api_tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let hash: [u8; 32] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: API_TOKENS,
+                    reason: format!("key is {} bytes, not a 32-byte hash", k.len()),
+                })?;
+                Ok((hash, records::decode(API_TOKENS, &v)?))
+            })
+            .collect()
+    }
+
+    fn revoke_api_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let Some(current) = self.api_tokens.get(hash)? else {
+                return Ok(false);
+            };
+            let mut record: ApiTokenRecord = records::decode(API_TOKENS, &current)?;
+            if record.revoked {
+                return Ok(true);
+            }
+            record.revoked = true;
+            // Compare-and-swap: a token pruned meanwhile is not brought back.
+            let swapped = self.api_tokens.compare_and_swap(
+                hash,
+                Some(&current),
+                Some(records::encode(&record)),
+            )?;
+            if swapped.is_ok() {
+                self.db.flush()?;
+                return Ok(true);
+            }
+        }
+    }
+
+    fn prune_api_tokens(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut n = 0u64;
+        for kv in self.api_tokens.iter() {
+            let (key, value) = kv?;
+            let record: ApiTokenRecord = records::decode(API_TOKENS, &value)?;
+            if record.kind == ApiTokenKind::Session && record.expires_ms <= now_ms {
+                batch.remove(key);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.api_tokens.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(n)
     }
 
     fn append_heartbeats(&self, batch: &[HeartbeatWrite]) -> Result<(), StoreError> {
@@ -589,6 +705,62 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.use_token(&h, 1000).unwrap(), TokenUse::Expired);
+    }
+
+    #[test]
+    fn users_and_api_tokens_round_trip_revoke_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let alice = UserRecord {
+            username: "alice".into(),
+            password_hash: "$argon2id$…".into(),
+            permissions: vec!["miner:r".into()],
+            admin: false,
+            created_ms: 1,
+            disabled: false,
+        };
+        assert!(store.create_user(&alice).unwrap());
+        assert!(!store.create_user(&alice).unwrap(), "names are unique");
+        assert_eq!(store.user("alice").unwrap().as_ref(), Some(&alice));
+        assert_eq!(store.user("bob").unwrap(), None);
+        let disabled = UserRecord {
+            disabled: true,
+            ..alice.clone()
+        };
+        store.put_user(&disabled).unwrap();
+        assert_eq!(store.users().unwrap(), vec![disabled]);
+
+        let token = |kind, expires_ms| ApiTokenRecord {
+            id: "00112233aabbccdd".into(),
+            username: "alice".into(),
+            kind,
+            created_ms: 1,
+            expires_ms,
+            revoked: false,
+        };
+        store
+            .put_api_token(&[1; 32], &token(ApiTokenKind::Personal, 0))
+            .unwrap();
+        store
+            .put_api_token(&[2; 32], &token(ApiTokenKind::Session, 100))
+            .unwrap();
+        store
+            .put_api_token(&[3; 32], &token(ApiTokenKind::Session, 500))
+            .unwrap();
+        assert!(store
+            .api_token(&[1; 32])
+            .unwrap()
+            .unwrap()
+            .is_live(u64::MAX));
+        assert!(store.api_token(&[2; 32]).unwrap().unwrap().is_live(99));
+        assert!(!store.api_token(&[2; 32]).unwrap().unwrap().is_live(100));
+        assert!(store.revoke_api_token(&[1; 32]).unwrap());
+        assert!(!store.api_token(&[1; 32]).unwrap().unwrap().is_live(0));
+        assert!(!store.revoke_api_token(&[9; 32]).unwrap());
+        // Only expired sessions go; revoked personal tokens stay listed.
+        assert_eq!(store.prune_api_tokens(200).unwrap(), 1);
+        let left: Vec<[u8; 32]> = store.api_tokens().unwrap().iter().map(|t| t.0).collect();
+        assert_eq!(left, vec![[1; 32], [3; 32]]);
     }
 
     #[test]

@@ -196,14 +196,16 @@ pub enum SentryCommand {
 }
 
 /// The body of a sentry's `main`: logging, config (exit 64 when bad), then
-/// `run` until SIGTERM/SIGINT.
-pub fn sentry_main<F, Fut>(
+/// `run` until SIGTERM/SIGINT. The config is an [`AgentConfig`] or a
+/// sentry's own type that holds one (sentry-host's adds its hooks).
+pub fn sentry_main<Cfg, F, Fut>(
     command: SentryCommand,
-    load: impl Fn(&RunArgs) -> anyhow::Result<AgentConfig>,
+    load: impl Fn(&RunArgs) -> anyhow::Result<Cfg>,
     run: F,
 ) -> std::process::ExitCode
 where
-    F: FnOnce(AgentConfig) -> Fut,
+    Cfg: AsRef<AgentConfig>,
+    F: FnOnce(Cfg) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use std::process::ExitCode;
@@ -228,10 +230,11 @@ where
         }
     };
     if validate_only {
+        let agent = config.as_ref();
         println!(
             "configuration is valid: {} commander(s), home {}",
-            config.commanders.len(),
-            config.home.display()
+            agent.commanders.len(),
+            agent.home.display()
         );
         return ExitCode::SUCCESS;
     }

@@ -126,6 +126,12 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
 }
 
+impl AsRef<AgentConfig> for AgentConfig {
+    fn as_ref(&self) -> &AgentConfig {
+        self
+    }
+}
+
 impl AgentConfig {
     pub fn new(home: PathBuf, commanders: Vec<CommanderTarget>, kind: SentryKind) -> Self {
         AgentConfig {

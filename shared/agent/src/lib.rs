@@ -1,11 +1,14 @@
 //! `hashfleet-agent`: the sentry runtime both sentries share.
 //!
 //! It owns the connect → enroll → challenge loop, the on-disk heartbeat
-//! outbox, failover across commanders and the runtime status. A sentry
-//! binary supplies a [`Collector`] (where snapshots come from) and an
-//! [`AgentConfig`], and calls [`Agent::run`].
+//! outbox, failover across commanders, approved actions (verified, run at
+//! most once, answered) and the runtime status. A sentry binary supplies a
+//! [`Collector`] (where snapshots come from), an [`Executor`] (how actions
+//! run) and an [`AgentConfig`], and calls [`Agent::run`].
 //!
 //! Layout:
+//! - [`actions`]: the `Executor` trait, the exactly-once journal and the
+//!   action handler;
 //! - [`cli`]: `run` flags, the common config file and `identity` subcommands;
 //! - [`config`]: the runtime's settings and the shared `[[commander]]` table;
 //! - [`outbox`]: unacknowledged heartbeats on disk, and the persisted seq;
@@ -16,6 +19,7 @@
 //! - [`runtime`]: the producer and connector tasks;
 //! - [`status`]: what the runtime reports about itself.
 
+pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod endpoint;
@@ -25,6 +29,7 @@ pub mod runtime;
 pub mod session;
 pub mod status;
 
+pub use actions::{ActionHandler, Executor, NoActions};
 pub use config::{AgentConfig, CommanderTarget, ConfigError};
 pub use runtime::{Agent, Collector};
 pub use session::{Session, SessionError};

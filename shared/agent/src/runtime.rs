@@ -9,6 +9,12 @@
 //!   each one: resend from the commander's last seq, stream new entries,
 //!   answer challenges, and give up on a session that leaves heartbeats
 //!   unacknowledged for three intervals.
+//!
+//! An `Action` from the commander is handed to its own task
+//! ([`ActionHandler::handle`]), so execution never holds up heartbeats; its
+//! signed result comes back to the session through a channel. A result
+//! whose session has ended is not lost: it is in the journal, and the
+//! commander's next resend of the action gets it.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -23,10 +29,12 @@ use hashfleet_shared::wire::{
     CommanderMessage, Heartbeat, HeartbeatBody, NackReason, SentryMessage, SentryStatus,
 };
 use hashfleet_shared::{now_ms, Identity};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::actions::{ActionHandler, Executor, NoActions};
 use crate::config::{AgentConfig, CommanderTarget};
 use crate::endpoint;
 use crate::outbox::Outbox;
@@ -36,6 +44,11 @@ use crate::status::StatusHandle;
 /// Outbox entries sent per turn of the session loop before it checks for
 /// acknowledgements again.
 const SEND_CHUNK: usize = 256;
+/// Messages from action tasks waiting for the session's writer.
+const OUTGOING_QUEUE: usize = 64;
+/// How long a stopping sentry lets running actions finish before it
+/// abandons them (a restart then reports them as interrupted).
+const ACTION_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a sentry's snapshots come from.
 pub trait Collector: Send + 'static {
@@ -46,18 +59,20 @@ pub trait Collector: Send + 'static {
 }
 
 /// A sentry runtime, ready to run.
-pub struct Agent<C> {
+pub struct Agent<C, E = NoActions> {
     config: AgentConfig,
     identity: Arc<Identity>,
     outbox: Arc<Mutex<Outbox>>,
     collector: C,
+    actions: ActionHandler<E>,
     status: StatusHandle,
 }
 
-impl<C: Collector> Agent<C> {
-    /// Validates the config, loads (or creates) the identity and opens the
-    /// outbox. Nothing touches the network yet.
-    pub fn new(config: AgentConfig, collector: C) -> anyhow::Result<Self> {
+impl<C: Collector, E: Executor> Agent<C, E> {
+    /// Validates the config, loads (or creates) the identity, opens the
+    /// outbox and the action journal (reporting actions a restart cut
+    /// short). Nothing touches the network yet.
+    pub fn new(config: AgentConfig, collector: C, executor: E) -> anyhow::Result<Self> {
         config.validate()?;
         let (identity, created) = Identity::load_or_create(&config.home)?;
         if created {
@@ -71,11 +86,19 @@ impl<C: Collector> Agent<C> {
             s.last_seq = outbox.last_assigned();
             s.outbox_len = outbox.len();
         });
+        let identity = Arc::new(identity);
+        let actions = ActionHandler::open(
+            &config.home,
+            identity.clone(),
+            Arc::new(executor),
+            status.clone(),
+        )?;
         Ok(Agent {
             config,
-            identity: Arc::new(identity),
+            identity,
             outbox: Arc::new(Mutex::new(outbox)),
             collector,
+            actions,
             status,
         })
     }
@@ -86,6 +109,11 @@ impl<C: Collector> Agent<C> {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The action handler (its journal is already open).
+    pub fn actions(&self) -> &ActionHandler<E> {
+        &self.actions
     }
 
     /// Runs until `shutdown` resolves.
@@ -120,6 +148,8 @@ impl<C: Collector> Agent<C> {
             outbox: self.outbox,
             notify,
             status: self.status,
+            actions: self.actions,
+            action_tasks: Mutex::new(JoinSet::new()),
         };
         let result = connector.run(stop_rx).await;
         let _ = producer_task.await;
@@ -190,12 +220,15 @@ impl Producer {
     }
 }
 
-struct Connector {
+struct Connector<E> {
     config: AgentConfig,
     identity: Arc<Identity>,
     outbox: Arc<Mutex<Outbox>>,
     notify: Arc<Notify>,
     status: StatusHandle,
+    actions: ActionHandler<E>,
+    /// Actions being handled; they outlive the session they came on.
+    action_tasks: Mutex<JoinSet<()>>,
 }
 
 /// How a session ended.
@@ -204,7 +237,7 @@ enum End {
     Failed(SessionError),
 }
 
-impl Connector {
+impl<E: Executor> Connector<E> {
     async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         let mut index = 0usize;
@@ -222,7 +255,7 @@ impl Connector {
             let error = match outcome {
                 Ok(session) => {
                     backoff.reset();
-                    match self.drive(session, &mut stop).await {
+                    match self.drive(session, target, &mut stop).await {
                         End::Shutdown => break,
                         End::Failed(e) => e,
                     }
@@ -251,8 +284,50 @@ impl Connector {
         for ep in endpoints.into_iter().flatten() {
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
         }
+        self.stop_actions().await;
         info!("sentry stopped");
         Ok(())
+    }
+
+    /// Hands an action to its own task; the signed result goes to `out`.
+    fn spawn_action(
+        &self,
+        pins: Vec<hashfleet_shared::NodeId>,
+        signed: hashfleet_shared::wire::SignedAction,
+        out: mpsc::Sender<SentryMessage>,
+    ) {
+        let handler = self.actions.clone();
+        let mut tasks = self.action_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the tasks that are done.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            if let Some(result) = handler.handle(&pins, &signed, now_ms()).await {
+                if out.send(SentryMessage::ActionResult(result)).await.is_err() {
+                    info!("the session ended before an action result could be sent; the commander gets it when it resends the action");
+                }
+            }
+        });
+    }
+
+    /// Lets running actions finish for a moment, then abandons them (their
+    /// programs are killed; a restart reports them as interrupted).
+    async fn stop_actions(&self) {
+        let mut tasks =
+            std::mem::take(&mut *self.action_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        if tasks.is_empty() {
+            return;
+        }
+        let drained = tokio::time::timeout(ACTION_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                running = tasks.len(),
+                "stopping while actions still run: they are abandoned and will be reported as interrupted"
+            );
+            tasks.shutdown().await;
+        }
     }
 
     async fn attempt(
@@ -291,7 +366,12 @@ impl Connector {
         f(&mut guard)
     }
 
-    async fn drive(&self, session: Session, stop: &mut watch::Receiver<bool>) -> End {
+    async fn drive(
+        &self,
+        session: Session,
+        target: &CommanderTarget,
+        stop: &mut watch::Receiver<bool>,
+    ) -> End {
         let Session {
             conn,
             mut tx,
@@ -335,6 +415,8 @@ impl Connector {
             s.consecutive_failures = 0;
             s.last_ack_seq = s.last_ack_seq.max(welcome.last_seq);
         });
+        // Action results come back from their tasks through this queue.
+        let (out_tx, mut out_rx) = mpsc::channel::<SentryMessage>(OUTGOING_QUEUE);
         let deadline = liveness::ack_deadline(self.config.interval);
         let mut sent_upto = welcome.last_seq;
         // When the oldest heartbeat still awaiting an ack was sent.
@@ -381,6 +463,11 @@ impl Connector {
             };
             tokio::select! {
                 _ = self.notify.notified() => {}
+                Some(out) = out_rx.recv() => {
+                    if let Err(e) = tx.send(&out).await {
+                        break End::Failed(e.into());
+                    }
+                }
                 msg = rx.recv() => {
                     let msg = match msg {
                         Ok(m) => m,
@@ -442,6 +529,10 @@ impl Connector {
                         }
                         CommanderMessage::Welcome(_) => {
                             break End::Failed(SessionError::Unexpected("a second Welcome"));
+                        }
+                        CommanderMessage::Action(signed) => {
+                            debug!("action received");
+                            self.spawn_action(target.keys.clone(), signed, out_tx.clone());
                         }
                     }
                 }

@@ -24,6 +24,12 @@ pub struct AgentStatus {
     pub outbox_dropped: u64,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
+    /// Actions executed since start (a resent action answered from the
+    /// journal is not counted again).
+    pub actions_executed: u64,
+    /// Actions refused since start: unsigned, mis-signed, expired, for
+    /// another sentry, malformed or unreadable.
+    pub actions_refused: u64,
 }
 
 /// Shared, cheaply cloned handle on the status.
