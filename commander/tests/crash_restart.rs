@@ -1,57 +1,16 @@
 //! The real commander binary, SIGKILLed mid-stream and restarted: the store
 //! must hold every seq the sentry produced exactly once, without gaps.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::spawn;
 
 use hashfleet_agent::{AgentConfig, CommanderTarget};
 use hashfleet_shared::wire::SentryKind;
 use hashfleet_shared::NodeId;
-
-struct Commander {
-    child: Child,
-    quic: SocketAddr,
-    http: String,
-}
-
-/// Starts `hashfleet-commander serve` and waits for its "listening" line.
-fn spawn(data: &Path, quic: &str) -> Commander {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hashfleet-commander"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--quic-listen", quic, "--http-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("commander binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("commander listening") {
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(name))
-                        .map(str::to_string)
-                };
-                let _ = tx.send((field("quic_addr="), field("http_addr=")));
-            }
-        }
-    });
-    let (quic, http) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("commander reports its addresses");
-    Commander {
-        child,
-        quic: quic.expect("quic_addr").parse().unwrap(),
-        http: format!("http://{}", http.expect("http_addr")),
-    }
-}
 
 async fn get(client: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
     client
@@ -69,7 +28,7 @@ async fn get(client: &reqwest::Client, url: &str, token: &str) -> serde_json::Va
 async fn sigkill_and_restart_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("commander");
-    let mut commander = spawn(&data, "127.0.0.1:0");
+    let mut commander = spawn(&data, "127.0.0.1:0", &[]);
     let quic = commander.quic;
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let key: NodeId = {
@@ -117,11 +76,10 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
     let mut resets_seen = 0;
     for round in 0..kills {
         tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(0..900))).await;
-        commander.child.kill().expect("SIGKILL");
-        commander.child.wait().unwrap();
+        commander.kill();
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..400))).await;
         let acked_before = status.get().last_ack_seq;
-        commander = spawn(&data, &quic.to_string());
+        commander = spawn(&data, &quic.to_string(), &[]);
         let restarted = Instant::now();
         let deadline = restarted + Duration::from_secs(20);
         while status.get().last_ack_seq <= acked_before {
@@ -221,6 +179,5 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
     eprintln!(
         "produced {produced}, stored {max}, acknowledged {acked}, rollup samples {samples}; time to first ack after each restart: {reconnect_times:?}"
     );
-    commander.child.kill().unwrap();
-    commander.child.wait().unwrap();
+    commander.kill();
 }

@@ -1,0 +1,58 @@
+//! Helpers for tests that run the real commander binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct Commander {
+    pub child: Child,
+    pub quic: SocketAddr,
+    pub http: String,
+}
+
+/// Starts `hashfleet-commander serve` and waits for its "listening" line.
+pub fn spawn(data: &Path, quic: &str, extra: &[&str]) -> Commander {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hashfleet-commander"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--quic-listen", quic, "--http-listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("commander binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("commander listening") {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .map(str::to_string)
+                };
+                let _ = tx.send((field("quic_addr="), field("http_addr=")));
+            }
+        }
+    });
+    let (quic, http) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("commander reports its addresses");
+    Commander {
+        child,
+        quic: quic.expect("quic_addr").parse().unwrap(),
+        http: format!("http://{}", http.expect("http_addr")),
+    }
+}
+
+impl Commander {
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
