@@ -57,7 +57,8 @@ fn store_dir(data_dir: &Path) -> PathBuf {
 
 /// The address a serving commander left in `data_dir/http.addr`, if any.
 /// An unspecified bind address (`0.0.0.0`, `::`) is reached on loopback.
-fn recorded_addr(data_dir: &Path) -> anyhow::Result<Option<SocketAddr>> {
+/// Shared with the operator CLI ([`crate::cli`]).
+pub(crate) fn recorded_addr(data_dir: &Path) -> anyhow::Result<Option<SocketAddr>> {
     let path = data_dir.join(HTTP_ADDR_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
@@ -81,14 +82,11 @@ fn recorded_addr(data_dir: &Path) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(addr))
 }
 
-fn read_admin_token(data_dir: &Path) -> anyhow::Result<String> {
+/// The bootstrap admin token in `data_dir/admin.token` (must be private:
+/// 0600). Shared with the operator CLI ([`crate::cli`]).
+pub(crate) fn read_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = admin_token_path(data_dir);
-    let bytes = secure_file::read_private(&path, 4096).with_context(|| {
-        format!(
-            "a commander serves from {}, and the backup goes through its API, which needs the admin token",
-            data_dir.display()
-        )
-    })?;
+    let bytes = secure_file::read_private(&path, 4096)?;
     let token = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("{} is not text", path.display()))?
         .trim()
@@ -177,7 +175,12 @@ impl Drop for PendingFile {
 /// serving from `data_dir` if there is one, else from the store directly.
 pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<BackupOutcome> {
     if let Some(addr) = recorded_addr(data_dir)? {
-        let token = read_admin_token(data_dir)?;
+        let token = read_admin_token(data_dir).with_context(|| {
+            format!(
+                "a commander serves from {}, and the backup goes through its API, which needs the admin token",
+                data_dir.display()
+            )
+        })?;
         match download(addr, &token, out).await {
             Ok(Some(stats)) => {
                 return Ok(BackupOutcome {

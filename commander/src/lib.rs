@@ -19,6 +19,7 @@
 //! - [`demo`]: a commander and a sentry in one process for a first look;
 //! - [`info`]: the `info` subcommand; [`upkeep`]: periodic checkpoints and retention.
 //! - [`backup_cli`]: the `backup` and `restore` subcommands.
+//! - [`cli`]: the operator subcommands (`token`, `user`, `sentry`, `action`) over the HTTP API.
 //! - [`permissions`]: `type:level` permissions and roles (pure);
 //!   [`accounts`]: username/password rules, Argon2id hashes, the login throttle.
 
@@ -26,6 +27,7 @@ pub mod accounts;
 pub mod actions;
 pub mod app;
 pub mod backup_cli;
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod demo;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hashfleet_commander::config::FileConfig;
-use hashfleet_commander::{backup_cli, demo, info, shutdown_signal};
+use hashfleet_commander::{backup_cli, cli, demo, info, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +69,9 @@ enum Command {
         #[arg(long = "in")]
         input: PathBuf,
     },
+    /// Operator subcommands: `token`, `user`, `sentry`, `action` (HTTP API calls).
+    #[command(flatten)]
+    Operator(cli::Command),
 }
 
 #[derive(clap::Args)]
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Operator(command) => return runtime.block_on(cli::run(command)),
         Command::Serve(args) => match args.load() {
             Ok(config) => runtime.block_on(hashfleet_commander::run(config, shutdown_signal())),
             Err(e) => {
