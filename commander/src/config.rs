@@ -11,9 +11,6 @@ use crate::fleet::device::StatusRules;
 use crate::fleet::retention::Retention;
 use crate::permissions::{validate_roles, Roles};
 
-/// No config file is anywhere near this large.
-const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
-
 /// The `serve` settings after merging file, environment and flags.
 #[derive(Debug, Clone)]
 pub struct CommanderConfig {
@@ -305,18 +302,7 @@ pub struct AuthFile {
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        if meta.len() > MAX_CONFIG_BYTES {
-            anyhow::bail!(
-                "config {} is {} bytes; a config file is at most 1 MiB",
-                path.display(),
-                meta.len()
-            );
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+        hashfleet_agent::cli::read_toml(path)
     }
 
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {

@@ -2,13 +2,15 @@
 //! backup taken while `serve` runs and sentries stream, restored into a
 //! fresh data dir, serves the same sentries and heartbeats.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use common::{spawn, Commander};
 
 use hashfleet_agent::{AgentConfig, CommanderTarget, StatusHandle};
 use hashfleet_shared::wire::SentryKind;
@@ -17,62 +19,8 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hashfleet-commander");
 
-struct Commander {
-    child: Child,
-    quic: SocketAddr,
-    http: String,
-}
-
-impl Drop for Commander {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `hashfleet-commander serve` and waits for its "listening" line.
-fn spawn(data: &Path) -> Commander {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args([
-            "--quic-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("commander binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("commander listening") {
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(name))
-                        .map(str::to_string)
-                };
-                let _ = tx.send((field("quic_addr="), field("http_addr=")));
-            }
-        }
-    });
-    let (quic, http) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("commander reports its addresses");
-    Commander {
-        child,
-        quic: quic.expect("quic_addr").parse().unwrap(),
-        http: format!("http://{}", http.expect("http_addr")),
-    }
-}
-
 fn kill(mut commander: Commander) {
-    commander.child.kill().expect("SIGKILL");
-    commander.child.wait().unwrap();
+    commander.kill();
 }
 
 /// Runs the binary to completion.
@@ -201,7 +149,7 @@ fn start_sentry(home: &Path, quic: SocketAddr, key: NodeId, token: String) -> Se
 async fn backup_while_serving_then_restore_into_a_fresh_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("commander");
-    let commander = spawn(&data);
+    let commander = spawn(&data, "127.0.0.1:0", &[]);
     assert!(data.join("http.addr").exists(), "serve records its address");
     let admin = admin_token(&data);
     let key: NodeId = {
@@ -293,7 +241,7 @@ async fn backup_while_serving_then_restore_into_a_fresh_data_dir() {
     let out = restore(&data2, &quiet);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("restore:"));
-    let restored = spawn(&data2);
+    let restored = spawn(&data2, "127.0.0.1:0", &[]);
     let after = snapshot(&client, &restored.http, &admin).await;
     assert_eq!(after, before, "the restored commander serves the same data");
     eprintln!(
@@ -325,7 +273,7 @@ async fn backup_while_serving_then_restore_into_a_fresh_data_dir() {
     data_dir_like(&data, &data3);
     let out = restore(&data3, &streaming);
     assert!(out.status.success(), "{}", text(&out));
-    let third = spawn(&data3);
+    let third = spawn(&data3, "127.0.0.1:0", &[]);
     let mid = snapshot(&client, &third.http, &admin).await;
     assert_eq!(mid.len(), 2);
     assert_consistent(&mid);

@@ -56,3 +56,10 @@ impl Commander {
         let _ = self.child.wait();
     }
 }
+
+/// A test that fails never leaves a commander running.
+impl Drop for Commander {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
