@@ -60,6 +60,8 @@ pub struct Running {
     pub app: Arc<App>,
     pub quic_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The HTTPS listener, when `https_listen` is set.
+    pub https_addr: Option<SocketAddr>,
     pub node_id: NodeId,
     pub admin_token: String,
     stop: watch::Sender<bool>,
@@ -119,6 +121,26 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot bind HTTP on {}", config.http_listen))?;
     let http_addr = http_listener.local_addr()?;
+    let https = match config.https_listen {
+        Some(addr) => {
+            let (certs, key) = http::https::load_or_create(
+                &data_dir,
+                config.https_cert.as_deref(),
+                config.https_key.as_deref(),
+                &config.https_names,
+            )?;
+            let tls = Arc::new(http::https::server_config(certs, key)?);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind HTTPS on {addr}"))?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
+    let https_addr = match &https {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
     // Tells `hashfleet-commander backup`/`restore` that this data dir is served, and where.
     secure_file::write_atomic(
         &data_dir.join(HTTP_ADDR_FILE),
@@ -149,7 +171,7 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         metrics,
         admin_token_hash: token_hash(&admin_token),
     });
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(quic::listener::accept_loop(
             app.clone(),
             endpoint.clone(),
@@ -158,13 +180,23 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         tokio::spawn(http::serve(app.clone(), http_listener, stop_rx.clone())),
         tokio::spawn(upkeep::checkpoints(app.clone(), stop_rx.clone())),
         tokio::spawn(upkeep::retention(app.clone(), stop_rx.clone())),
-        tokio::spawn(crate::actions::executor::run(app.clone(), stop_rx)),
+        tokio::spawn(crate::actions::executor::run(app.clone(), stop_rx.clone())),
     ];
+    if let Some((listener, tls)) = https {
+        info!(https_addr = ?https_addr, "HTTPS listening");
+        tasks.push(tokio::spawn(http::https::serve(
+            app.clone(),
+            listener,
+            tls,
+            stop_rx,
+        )));
+    }
     info!(%quic_addr, %http_addr, %node_id, public_key = %node_id.public_key_hex(), "commander listening");
     Ok(Running {
         app,
         quic_addr,
         http_addr,
+        https_addr,
         node_id,
         admin_token,
         stop: stop_tx,

@@ -17,6 +17,13 @@ pub struct CommanderConfig {
     pub data_dir: PathBuf,
     pub quic_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// HTTPS listener for remote access (off when `None`).
+    pub https_listen: Option<SocketAddr>,
+    /// PEM certificate chain and key; both absent: generated in `DATA_DIR/https/`.
+    pub https_cert: Option<PathBuf>,
+    pub https_key: Option<PathBuf>,
+    /// Extra DNS names or addresses for a generated certificate.
+    pub https_names: Vec<String>,
     /// How often a live session is challenged again.
     pub rechallenge: Duration,
     /// Most heartbeats written in one group commit.
@@ -124,6 +131,10 @@ impl CommanderConfig {
             data_dir,
             quic_listen: "0.0.0.0:4433".parse().expect("valid"),
             http_listen: "127.0.0.1:8080".parse().expect("valid"),
+            https_listen: None,
+            https_cert: None,
+            https_key: None,
+            https_names: Vec::new(),
             rechallenge: Duration::from_secs(300),
             ingest_batch_max: 2048,
             timezones: vec![Timezone {
@@ -204,6 +215,9 @@ impl CommanderConfig {
             anyhow::bail!("[auth] session_ttl_secs must be between 1 and 2592000 (30 days)");
         }
         validate_roles(&self.roles).map_err(|e| anyhow::anyhow!("[roles]: {e}"))?;
+        if self.https_cert.is_some() != self.https_key.is_some() {
+            anyhow::bail!("set both https_cert and https_key, or neither (a certificate is then generated in DATA_DIR/https/)");
+        }
         for (name, n) in &self.actions.votes {
             if *n == 0 || *n > 100 {
                 anyhow::bail!(
@@ -230,6 +244,12 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub quic_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    /// HTTPS for remote access: `https_listen = "0.0.0.0:8443"`.
+    pub https_listen: Option<SocketAddr>,
+    pub https_cert: Option<PathBuf>,
+    pub https_key: Option<PathBuf>,
+    #[serde(default)]
+    pub https_names: Vec<String>,
     pub rechallenge_secs: Option<u64>,
     pub ingest_batch_max: Option<usize>,
     pub timezones: Option<Vec<Timezone>>,
@@ -323,6 +343,10 @@ impl FileConfig {
         if let Some(a) = self.http_listen {
             c.http_listen = a;
         }
+        c.https_listen = self.https_listen;
+        c.https_cert = self.https_cert;
+        c.https_key = self.https_key;
+        c.https_names = self.https_names;
         if let Some(s) = self.rechallenge_secs {
             c.rechallenge = Duration::from_secs(s);
         }

@@ -87,6 +87,9 @@ struct ServeArgs {
     /// TCP address of the HTTP API.
     #[arg(long, env = "HASHFLEET_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// TCP address of the HTTPS API, for access from other machines.
+    #[arg(long, env = "HASHFLEET_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -101,6 +104,9 @@ impl ServeArgs {
         }
         if let Some(a) = self.http_listen {
             config.http_listen = a;
+        }
+        if let Some(a) = self.https_listen {
+            config.https_listen = Some(a);
         }
         config.validate()?;
         Ok(config)

@@ -37,6 +37,7 @@ mod csv;
 mod devices;
 pub mod dto;
 mod error;
+pub mod https;
 mod sentries;
 mod tokens;
 mod users;
