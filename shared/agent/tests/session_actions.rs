@@ -209,6 +209,43 @@ async fn an_action_over_a_session_runs_once_without_stalling_heartbeats() {
     assert_eq!(again.results, body.results);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
+    // Over the same real session: a request whose signature was tampered
+    // with, and one signed by a key the sentry does not pin. Both are
+    // refused with a signed answer and nothing runs.
+    let fresh = |id: &str, key: &NodeKey| {
+        let request = ActionRequest {
+            action_id: id.into(),
+            node_id: session.sentry,
+            method: "runHook".into(),
+            params: r#"["backup"]"#.into(),
+            targets: vec!["00000000000000a1".into()],
+            voters: vec!["mallory".into()],
+            issued_at_ms: now_ms(),
+            expires_at_ms: now_ms() + 3_600_000,
+        };
+        seal_action(key, &request).unwrap()
+    };
+    let mut tampered = fresh("act-tampered", &commander_key());
+    tampered.signature[7] ^= 0x40;
+    let foreign = fresh("act-foreign", &NodeKey::generate());
+    for (signed, id) in [(tampered, "act-tampered"), (foreign, "act-foreign")] {
+        session
+            .tx
+            .send(&CommanderMessage::Action(signed))
+            .await
+            .unwrap();
+        let (refused, _) = session.result().await;
+        assert_eq!(refused.action_id, id);
+        assert!(!refused.results[0].ok, "{:?}", refused.results);
+        assert!(
+            refused.results[0].detail.starts_with("refused"),
+            "{:?}",
+            refused.results
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "nothing forged ran");
+    assert_eq!(status.get().actions_refused, 2);
+
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
