@@ -11,7 +11,6 @@ use common::spawn;
 use hashfleet_agent::{AgentConfig, CommanderTarget};
 use hashfleet_sentry_host::config::HostConfig;
 use hashfleet_shared::wire::SentryKind;
-use hashfleet_shared::NodeId;
 use serde_json::{json, Value};
 
 async fn call(
@@ -49,29 +48,8 @@ async fn sigkill_while_executing_neither_loses_nor_repeats_the_action() {
     let quic = commander.quic;
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let client = reqwest::Client::new();
-    let key = {
-        let info: Value = serde_json::from_slice(
-            &std::process::Command::new(env!("CARGO_BIN_EXE_hashfleet-commander"))
-                .args(["info", "--json", "--data-dir"])
-                .arg(&data)
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        NodeId::from_public_key_hex(info["public_key"].as_str().unwrap()).unwrap()
-    };
-    let token = call(
-        &client,
-        reqwest::Method::POST,
-        format!("{}/api/v1/enrollment-tokens", commander.http),
-        &admin,
-        Some(json!({"uses": 1, "ttl_secs": 600})),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = common::commander_key(&data);
+    let token = common::enrollment_token(&client, &commander.http, &admin).await;
 
     // A hook that marks its start, takes two seconds, then appends a line.
     let started = dir.path().join("started");

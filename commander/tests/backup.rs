@@ -161,21 +161,12 @@ async fn backup_while_serving_then_restore_into_a_fresh_data_dir() {
     let client = reqwest::Client::new();
     let mut sentries = Vec::new();
     for i in 0..2 {
-        let token: Value = client
-            .post(format!("{}/api/v1/enrollment-tokens", commander.http))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({"uses": 1, "ttl_secs": 600}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let token = common::enrollment_token(&client, &commander.http, &admin).await;
         sentries.push(start_sentry(
             &dir.path().join(format!("sentry{i}")),
             commander.quic,
             key,
-            token["token"].as_str().unwrap().to_string(),
+            token,
         ));
     }
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::spawn;
 
 use hashfleet_agent::{AgentConfig, CommanderTarget};
 use hashfleet_shared::wire::SentryKind;
-use hashfleet_shared::NodeId;
 
 async fn get(client: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
     client
@@ -31,33 +29,14 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
     let mut commander = spawn(&data, "127.0.0.1:0", &[]);
     let quic = commander.quic;
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
-    let key: NodeId = {
-        let out = Command::new(env!("CARGO_BIN_EXE_hashfleet-commander"))
-            .args(["info", "--json", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "info works while serve runs");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(v["node_id"].as_str().unwrap().starts_with("12D3KooW"));
-        NodeId::from_public_key_hex(v["public_key"].as_str().unwrap()).unwrap()
-    };
+    let key = common::commander_key(&data);
     let client = reqwest::Client::new();
-    let token: serde_json::Value = client
-        .post(format!("{}/api/v1/enrollment-tokens", commander.http))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"uses": 1, "ttl_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = common::enrollment_token(&client, &commander.http, &admin).await;
 
     let target = CommanderTarget {
         addr: quic.to_string(),
         keys: vec![key],
-        enroll_token: Some(token["token"].as_str().unwrap().to_string()),
+        enroll_token: Some(token),
     };
     let mut config = AgentConfig::new(dir.path().join("sentry"), vec![target], SentryKind::Host);
     config.interval = Duration::from_millis(100);

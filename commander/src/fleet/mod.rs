@@ -478,24 +478,12 @@ impl Fleet {
                 e.doc = Some((s, device::document(&e.record, s)));
             }
         }
-        let mut hits: Vec<&Value> = st
+        // Documents are in id order, and the sort is stable: ties keep it.
+        let docs = st
             .devices
             .values()
-            .filter_map(|e| e.doc.as_ref().map(|d| &d.1))
-            .filter(|d| query.matches(d))
-            .collect();
-        let total = hits.len();
-        if !sort.is_empty() {
-            // Stable: ties keep id order.
-            hits.sort_by(|a, b| sort.compare(a, b));
-        }
-        let page = hits
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|d| projection.apply(d))
-            .collect();
-        (total, page)
+            .filter_map(|e| e.doc.as_ref().map(|d| &d.1));
+        crate::query::run(docs, query, sort, projection, offset, limit)
     }
 
     /// One device's document.

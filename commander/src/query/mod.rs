@@ -261,15 +261,15 @@ fn walk_limits(
 /// (stable: ties keep input order), skips `offset`, keeps at most `limit`
 /// and projects what is left. Returns the number of matches before paging
 /// and the page. A `limit` of 0 returns an empty page (a count-only query).
-pub fn run(
-    docs: impl IntoIterator<Item = Value>,
+pub fn run<'a>(
+    docs: impl IntoIterator<Item = &'a Value>,
     query: &Query,
     sort: &Sort,
     projection: &Projection,
     offset: usize,
     limit: usize,
 ) -> (usize, Vec<Value>) {
-    let mut hits: Vec<Value> = docs.into_iter().filter(|d| query.matches(d)).collect();
+    let mut hits: Vec<&Value> = docs.into_iter().filter(|d| query.matches(d)).collect();
     let total = hits.len();
     if !sort.is_empty() {
         hits.sort_by(|a, b| sort.compare(a, b));
@@ -278,7 +278,7 @@ pub fn run(
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|doc| projection.apply_owned(doc))
+        .map(|doc| projection.apply(doc))
         .collect();
     (total, page)
 }

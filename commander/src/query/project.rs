@@ -126,16 +126,6 @@ impl Projection {
             _ => doc.clone(),
         }
     }
-
-    /// [`Projection::apply`] that takes ownership, avoiding a copy when the
-    /// whole document is returned.
-    pub(crate) fn apply_owned(&self, doc: Value) -> Value {
-        if self.is_all() {
-            doc
-        } else {
-            self.apply(&doc)
-        }
-    }
 }
 
 impl Tree {

@@ -759,7 +759,7 @@ fn run_filters_counts_sorts_pages_projects() {
     let query = Query::parse(&json!({"type": "miner"})).unwrap_or_default();
     let sort = Sort::parse(&json!([["hashrate_hs", -1]])).unwrap_or_default();
     let fields = Projection::parse(&json!({"hashrate_hs": 1})).unwrap_or_default();
-    let (total, page) = run(fleet(), &query, &sort, &fields, 0, 100);
+    let (total, page) = run(&fleet(), &query, &sort, &fields, 0, 100);
     assert_eq!(total, 3);
     assert_eq!(
         page,
@@ -769,15 +769,15 @@ fn run_filters_counts_sorts_pages_projects() {
             json!({"id": "aa:bb:cc:00:00:04", "hashrate_hs": 1.1e14}),
         ]
     );
-    let (total, page) = run(fleet(), &query, &sort, &fields, 1, 1);
+    let (total, page) = run(&fleet(), &query, &sort, &fields, 1, 1);
     assert_eq!((total, page.len()), (3, 1));
     assert_eq!(page[0]["id"], "aa:bb:cc:00:00:02");
-    let (total, page) = run(fleet(), &query, &sort, &fields, 5, 10);
+    let (total, page) = run(&fleet(), &query, &sort, &fields, 5, 10);
     assert_eq!((total, page.len()), (3, 0));
-    let (total, page) = run(fleet(), &query, &sort, &fields, 0, 0);
+    let (total, page) = run(&fleet(), &query, &sort, &fields, 0, 0);
     assert_eq!((total, page.len()), (3, 0));
     let (total, page) = run(
-        fleet(),
+        &fleet(),
         &Query::default(),
         &Sort::default(),
         &Projection::default(),

@@ -63,3 +63,34 @@ impl Drop for Commander {
         self.kill();
     }
 }
+
+/// The commander's public key, read with `hashfleet-commander info --json`
+/// (which works while `serve` runs).
+#[allow(dead_code)]
+pub fn commander_key(data: &Path) -> hashfleet_shared::NodeId {
+    let out = Command::new(env!("CARGO_BIN_EXE_hashfleet-commander"))
+        .args(["info", "--json", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("info runs");
+    assert!(out.status.success(), "info works while serve runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["node_id"].as_str().unwrap().starts_with("12D3KooW"));
+    hashfleet_shared::NodeId::from_public_key_hex(v["public_key"].as_str().unwrap()).unwrap()
+}
+
+/// A one-use enrollment token from the commander at `http`.
+#[allow(dead_code)]
+pub async fn enrollment_token(client: &reqwest::Client, http: &str, admin: &str) -> String {
+    let body: serde_json::Value = client
+        .post(format!("{http}/api/v1/enrollment-tokens"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"uses": 1, "ttl_secs": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["token"].as_str().expect("a token").to_string()
+}
