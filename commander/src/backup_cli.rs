@@ -33,7 +33,7 @@ use hashfleet_shared::secure_file;
 use crate::app::HTTP_ADDR_FILE;
 use crate::keys::admin_token_path;
 use crate::store::backup::verify;
-use crate::store::{BackupStats, SledStore, Store};
+use crate::store::{BackupStats, SledStore, Store, StoreError};
 
 /// How a backup was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +276,9 @@ fn backup_offline(data_dir: &Path, out: &Path) -> anyhow::Result<BackupStats> {
 
 /// Says "stop the commander first" when sled's lock is what failed.
 fn in_use(e: anyhow::Error, dir: &Path) -> anyhow::Error {
-    if format!("{e:#}").contains("could not acquire lock") {
+    let held = matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_)))
+        || format!("{e:#}").contains("could not acquire lock");
+    if held {
         anyhow::anyhow!(
             "the store in {} is in use by another process (a running commander?): stop the commander first, or, for a backup, make sure it wrote {HTTP_ADDR_FILE} beside the store",
             dir.display()

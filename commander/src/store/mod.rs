@@ -101,6 +101,8 @@ pub enum StoreError {
     Transaction(String),
     #[error("backup: {0}")]
     Backup(String),
+    #[error("the store at {0} is in use by another process (a running commander?): stop it first, or give this one its own data directory")]
+    Locked(String),
 }
 
 /// What the ingest pipeline writes: one heartbeat of one sentry.

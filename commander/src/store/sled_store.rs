@@ -54,15 +54,43 @@ fn heartbeat_key(sentry_id: u64, seq: u64) -> [u8; 16] {
     key
 }
 
+/// How long [`SledStore::open`] waits for a lock held by a closing handle.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// sled reports a held directory lock as an I/O error of kind `Other`
+/// wrapping `WouldBlock`; the message is the only stable mark.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// sled holds an advisory lock on the directory for as long as any of its
+    /// threads keep the database alive, which can outlast the `Db` handle by
+    /// a few milliseconds (a restart in the same process, a test reopening).
+    /// So a held lock is retried for up to [`LOCK_WAIT`] before it is reported
+    /// as what it almost always is then: another process using the store.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            // Durability comes from explicit flushes (group commit), not a timer.
-            .flush_every_ms(None)
-            .open()?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 * 1024 * 1024)
+                // Durability comes from explicit flushes (group commit), not a timer.
+                .flush_every_ms(None)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if is_lock_held(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked(dir.display().to_string()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(SledStore {
             gate: std::sync::RwLock::new(()),
             sentries: db.open_tree(SENTRIES)?,
@@ -622,6 +650,25 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
 mod tests {
     use super::*;
     use crate::store::records::DeviceRecord;
+
+    #[test]
+    fn a_lock_released_soon_is_waited_for_and_one_held_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        // Held for good: the second open waits out LOCK_WAIT and says why.
+        let started = std::time::Instant::now();
+        let err = SledStore::open(dir.path()).err().expect("the lock is held");
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("in use by another process"));
+        assert!(started.elapsed() >= LOCK_WAIT);
+        // Released a moment later: the open goes through.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        SledStore::open(dir.path()).expect("opens once the holder is gone");
+        releaser.join().unwrap();
+    }
 
     fn hb(seq: u64) -> HeartbeatRecord {
         HeartbeatRecord {
