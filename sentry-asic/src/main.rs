@@ -19,6 +19,6 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sentry_main(cli.command, hashfleet_sentry_asic::load_config, |config| {
-        hashfleet_sentry_asic::run(config, shutdown_signal())
+        hashfleet_sentry_asic::run_with(config, shutdown_signal())
     })
 }

@@ -20,8 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
-use hashfleet_shared::codec;
+use hashfleet_shared::codec::{self, CodecError};
 use hashfleet_shared::handshake::HelloParams;
 use hashfleet_shared::heartbeat;
 use hashfleet_shared::liveness::{self, Backoff, HANDSHAKE_TIMEOUT};
@@ -191,26 +190,48 @@ impl Producer {
         }
     }
 
+    /// Seals `body` into as many heartbeats as its size needs (each under
+    /// the frame and decode budgets), persisting each with its own seq.
     fn produce(&self, body: HeartbeatBody) -> anyhow::Result<()> {
         let mut outbox = self
             .outbox
             .lock()
             .map_err(|_| anyhow::anyhow!("outbox lock poisoned"))?;
-        let seq = outbox.next_seq();
-        let hb = Heartbeat {
-            node_id: self.identity.node_id(),
-            seq,
-            ts_ms: now_ms(),
-            body,
-        };
-        let signed = heartbeat::seal(&self.identity.node, &hb).context("encoding heartbeat")?;
-        let bytes =
-            codec::encode(&SentryMessage::Heartbeat(signed)).context("encoding heartbeat")?;
-        outbox.push(seq, bytes)?;
+        let ts_ms = now_ms();
+        // Reversed so that pop() takes parts in device order.
+        let mut parts = heartbeat::split_body(body);
+        parts.reverse();
+        let mut seq = outbox.last_assigned();
+        while let Some(part) = parts.pop() {
+            let hb = Heartbeat {
+                node_id: self.identity.node_id(),
+                seq: outbox.next_seq(),
+                ts_ms,
+                body: part,
+            };
+            let sealed = heartbeat::seal(&self.identity.node, &hb)
+                .and_then(|signed| codec::encode(&SentryMessage::Heartbeat(signed)));
+            let bytes = match sealed {
+                Ok(bytes) => bytes,
+                // The estimate was off for this part: halve it and retry.
+                Err(CodecError::FrameTooLarge { .. } | CodecError::OverBudget { .. })
+                    if hb.body.devices.len() > 1 =>
+                {
+                    let mut devices = hb.body.devices;
+                    let second = devices.split_off(devices.len() / 2);
+                    parts.push(HeartbeatBody { devices: second });
+                    parts.push(HeartbeatBody { devices });
+                    continue;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("encoding heartbeat")),
+            };
+            seq = hb.seq;
+            outbox.push(seq, bytes)?;
+        }
         let (len, dropped) = (outbox.len(), outbox.dropped());
         drop(outbox);
         self.status.update(|s| {
-            s.last_heartbeat_at = Some(hb.ts_ms);
+            s.last_heartbeat_at = Some(ts_ms);
             s.last_seq = seq;
             s.outbox_len = len;
             s.outbox_dropped = dropped;
