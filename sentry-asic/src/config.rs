@@ -42,6 +42,8 @@ pub struct AsicFile {
     pub rack: Option<String>,
     pub reconnect_min_ms: Option<u64>,
     pub reconnect_max_ms: Option<u64>,
+    pub primary_retry_secs: Option<u64>,
+    pub status_listen: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub commander: Vec<CommanderEntry>,
     pub concurrency: Option<usize>,
@@ -110,6 +112,8 @@ impl AsicFile {
             rack: self.rack.clone(),
             reconnect_min_ms: self.reconnect_min_ms,
             reconnect_max_ms: self.reconnect_max_ms,
+            primary_retry_secs: self.primary_retry_secs,
+            status_listen: self.status_listen,
             commander: self.commander.clone(),
         }
     }

@@ -100,6 +100,7 @@ struct Devices {
 pub struct AsicCollector {
     devices: Arc<Devices>,
     hosts: Vec<IpAddr>,
+    states: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs approved actions on the device each target names.
@@ -152,6 +153,7 @@ pub fn devices(config: &AsicConfig) -> anyhow::Result<(AsicCollector, AsicExecut
         AsicCollector {
             devices: devices.clone(),
             hosts,
+            states: Default::default(),
         },
         AsicExecutor { devices },
     ))
@@ -168,8 +170,43 @@ impl Collector for AsicCollector {
         };
         let (mut devices, others) = tokio::join!(miners, poll_others(self.devices.clone()));
         devices.extend(others);
+        self.states = states(&devices, self.hosts.len());
         HeartbeatBody { devices }
     }
+
+    fn states(&self) -> std::collections::BTreeMap<String, String> {
+        self.states.clone()
+    }
+}
+
+/// Per device kind: how many report and how many are down.
+fn states(
+    devices: &[DeviceSnapshot],
+    scanned: usize,
+) -> std::collections::BTreeMap<String, String> {
+    let mut counts: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for d in devices {
+        let c = counts.entry(d.kind.as_str()).or_default();
+        c.0 += 1;
+        if matches!(
+            d.labels.get("state").map(String::as_str),
+            Some("offline" | "error")
+        ) {
+            c.1 += 1;
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (kind, (all, down)) in counts {
+        let state = if down == 0 {
+            format!("ok: {all} reporting")
+        } else {
+            format!("degraded: {down} of {all} offline or failing")
+        };
+        out.insert(kind.to_string(), state);
+    }
+    out.entry("miner".into())
+        .or_insert_with(|| format!("ok: none identified yet in {scanned} scanned addresses"));
+    out
 }
 
 /// Polls the containers, meters and relays, each in its own task (a panic

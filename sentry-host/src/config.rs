@@ -7,6 +7,7 @@
 //! rack = "r12"
 //! reconnect_min_ms = 500     # first reconnect wait (jittered, doubling)
 //! reconnect_max_ms = 5000    # longest reconnect wait
+//! primary_retry_secs = 30     # on a backup commander, how often to try the primary
 //!
 //! # Host actions (top-level keys, so before any [table]).
 //! allow_reboot = false                    # `reboot` is refused unless true
@@ -55,6 +56,8 @@ pub struct HostFile {
     pub rack: Option<String>,
     pub reconnect_min_ms: Option<u64>,
     pub reconnect_max_ms: Option<u64>,
+    pub primary_retry_secs: Option<u64>,
+    pub status_listen: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub commander: Vec<CommanderEntry>,
     /// `reboot` is refused unless this is true.
@@ -151,6 +154,8 @@ impl HostFile {
             rack: self.rack,
             reconnect_min_ms: self.reconnect_min_ms,
             reconnect_max_ms: self.reconnect_max_ms,
+            primary_retry_secs: self.primary_retry_secs,
+            status_listen: self.status_listen,
             commander: self.commander,
         };
         (common, actions)

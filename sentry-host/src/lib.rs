@@ -36,6 +36,10 @@ impl Collector for HostSentry {
             devices: vec![self.host.snapshot()],
         }
     }
+
+    fn states(&self) -> std::collections::BTreeMap<String, String> {
+        [("host".to_string(), "ok".to_string())].into()
+    }
 }
 
 /// Builds the runtime with the default host actions (no hooks, no

@@ -175,12 +175,55 @@ async fn a_mixed_emulated_fleet_is_identified_read_and_controlled() {
     }
     // Containers, the meter and the relay, with their values.
     wait_until(WAIT, "containers, meter and relay", || async {
-        query(c, json!({"type": "container"})).await.len() == 2
-            && query(c, json!({"type": "powermeter", "power_w": {"$gt": 0}}))
+        query(c, json!({"type": "container", "supply_temp_c": {"$gt": 0}, "flow_m3h": {"$gt": 0}}))
+            .await
+            .len()
+            == 2
+            && query(
+                c,
+                json!({"type": "powermeter", "power_w": {"$gt": 1000}, "voltage_v": {"$gt": 100}, "energy_kwh": {"$gte": 0}}),
+            )
+            .await
+            .len()
+                == 1
+            && query(c, json!({"type": "relay", "channel_0_on": 1, "channel_1_on": 1}))
                 .await
                 .len()
                 == 1
-            && query(c, json!({"type": "relay"})).await.len() == 1
+    })
+    .await;
+    let kinds: Vec<String> = query(c, json!({"type": "container"}))
+        .await
+        .iter()
+        .map(|d| {
+            d["labels"]["container_type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["hk3", "immersion"]);
+
+    // A container alarm raised in the sim becomes a critical alert.
+    let container = f.sim.fleet.containers[0].addr;
+    let raised = reqwest::Client::new()
+        .post(format!(
+            "http://{}/containers/{container}/alarms",
+            f.sim.control_addr
+        ))
+        .json(&json!({"code": "leakage"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(raised.status().is_success());
+    wait_until(WAIT, "container leakage alert", || async {
+        query(
+            c,
+            json!({"type": "container", "alerts.severity": "critical"}),
+        )
+        .await
+        .len()
+            == 1
     })
     .await;
 
@@ -256,6 +299,35 @@ async fn a_mixed_emulated_fleet_is_identified_read_and_controlled() {
     let broken_id = mac_id(&broken.mac_string());
     wait_until(WAIT, "hashboard loss shows as degraded", || async {
         device(c, &broken_id).await["status"] == "degraded"
+    })
+    .await;
+
+    // A miner whose API breaks (malformed replies) is reported offline,
+    // and comes back when it heals; the sentry carries on.
+    let garbled = f.sim.fleet.miners[5].clone();
+    let garbled_id = mac_id(&garbled.mac_string());
+    let set = |on: bool| {
+        let url = format!("{control}/faults");
+        let target = garbled.addr.to_string();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"target": target, "fault": "malformed", "on": on}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        }
+    };
+    assert!(set(true).await);
+    wait_until(WAIT, "garbled miner offline", || async {
+        device(c, &garbled_id).await["status"] == "offline"
+    })
+    .await;
+    assert!(set(false).await);
+    wait_until(WAIT, "garbled miner back", || async {
+        device(c, &garbled_id).await["status"] == "active"
     })
     .await;
 

@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// Seconds between heartbeats.
     #[arg(long)]
     pub interval_secs: Option<u64>,
+    /// Serve the local status API (/healthz, /readyz, /status) here;
+    /// loopback only. Off when not given.
+    #[arg(long, env = "HASHFLEET_STATUS_LISTEN")]
+    pub status_listen: Option<std::net::SocketAddr>,
 }
 
 /// The config-file settings every sentry has.
@@ -50,6 +54,10 @@ pub struct CommonFile {
     pub reconnect_min_ms: Option<u64>,
     /// Longest reconnect wait, default 5000 ms.
     pub reconnect_max_ms: Option<u64>,
+    /// On a backup commander, how often the primary is tried, default 30 s.
+    pub primary_retry_secs: Option<u64>,
+    /// The local status API address (loopback only); off when absent.
+    pub status_listen: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub commander: Vec<CommanderEntry>,
 }
@@ -103,6 +111,16 @@ pub fn agent_config(
     }
     if let Some(ms) = file.reconnect_max_ms {
         config.backoff_max = Duration::from_millis(ms);
+    }
+    if let Some(addr) = args.status_listen.or(file.status_listen) {
+        crate::status_api::check_listen(addr).map_err(anyhow::Error::msg)?;
+        config.status_listen = Some(addr);
+    }
+    if let Some(secs) = file.primary_retry_secs {
+        if !(1..=3600).contains(&secs) {
+            anyhow::bail!("primary_retry_secs = {secs}: give 1..=3600 seconds");
+        }
+        config.primary_retry = Duration::from_secs(secs);
     }
     let mut labels = BTreeMap::new();
     if let Some(site) = file.site {

@@ -124,6 +124,10 @@ pub struct AgentConfig {
     pub outbox_max: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// On a backup commander, how often the primary is tried again.
+    pub primary_retry: Duration,
+    /// Where the local status API listens (loopback only); off when `None`.
+    pub status_listen: Option<std::net::SocketAddr>,
 }
 
 impl AsRef<AgentConfig> for AgentConfig {
@@ -144,6 +148,8 @@ impl AgentConfig {
             outbox_max: DEFAULT_MAX_ENTRIES,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(5),
+            primary_retry: Duration::from_secs(30),
+            status_listen: None,
         }
     }
 

@@ -28,9 +28,11 @@ pub mod outbox;
 pub mod runtime;
 pub mod session;
 pub mod status;
+pub mod status_api;
 
 pub use actions::{ActionHandler, Executor, NoActions};
 pub use config::{AgentConfig, CommanderTarget, ConfigError};
 pub use runtime::{Agent, Collector};
 pub use session::{Session, SessionError};
 pub use status::{AgentStatus, StatusHandle};
+pub use status_api::CollectorStates;

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use hashfleet_shared::codec::{self, CodecError};
 use hashfleet_shared::handshake::HelloParams;
 use hashfleet_shared::heartbeat;
@@ -39,6 +40,7 @@ use crate::endpoint;
 use crate::outbox::Outbox;
 use crate::session::{Session, SessionError};
 use crate::status::StatusHandle;
+use crate::status_api::CollectorStates;
 
 /// Outbox entries sent per turn of the session loop before it checks for
 /// acknowledgements again.
@@ -55,6 +57,12 @@ pub trait Collector: Send + 'static {
     /// reported inside the snapshot (as device alerts), never as a missing
     /// heartbeat.
     fn collect(&mut self) -> impl Future<Output = HeartbeatBody> + Send;
+
+    /// Each collector's state after the last round (`ok`, `off: …`,
+    /// `error: …`), for the status API. None by default.
+    fn states(&self) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::new()
+    }
 }
 
 /// A sentry runtime, ready to run.
@@ -65,6 +73,7 @@ pub struct Agent<C, E = NoActions> {
     collector: C,
     actions: ActionHandler<E>,
     status: StatusHandle,
+    collectors: CollectorStates,
 }
 
 impl<C: Collector, E: Executor> Agent<C, E> {
@@ -99,11 +108,18 @@ impl<C: Collector, E: Executor> Agent<C, E> {
             collector,
             actions,
             status,
+            collectors: CollectorStates::default(),
         })
     }
 
     pub fn status(&self) -> StatusHandle {
         self.status.clone()
+    }
+
+    /// The collectors' states as the status API shows them; a collector
+    /// sets its own.
+    pub fn collector_states(&self) -> CollectorStates {
+        self.collectors.clone()
     }
 
     pub fn identity(&self) -> &Identity {
@@ -132,12 +148,30 @@ impl<C: Collector, E: Executor> Agent<C, E> {
             interval_ms = self.config.interval.as_millis() as u64,
             "sentry starting"
         );
+        let status_api = match self.config.status_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the status API on {addr}"))?;
+                info!(addr = %listener.local_addr()?, "status API listening");
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(crate::status_api::serve(
+                    listener,
+                    self.status.clone(),
+                    self.config.interval,
+                    self.collectors.clone(),
+                    async move { until_stopped(&mut stop).await },
+                )))
+            }
+            None => None,
+        };
         let notify = Arc::new(Notify::new());
         let producer = Producer {
             identity: self.identity.clone(),
             outbox: self.outbox.clone(),
             notify: notify.clone(),
             status: self.status.clone(),
+            collectors: self.collectors.clone(),
         };
         let producer_task =
             tokio::spawn(producer.run(self.collector, self.config.interval, stop_rx.clone()));
@@ -152,6 +186,13 @@ impl<C: Collector, E: Executor> Agent<C, E> {
         };
         let result = connector.run(stop_rx).await;
         let _ = producer_task.await;
+        if let Some(task) = status_api {
+            match task.await {
+                Ok(Err(e)) => warn!("status API: {e}"),
+                Err(e) => warn!("status API task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
         result
     }
 }
@@ -160,6 +201,7 @@ struct Producer {
     identity: Arc<Identity>,
     outbox: Arc<Mutex<Outbox>>,
     notify: Arc<Notify>,
+    collectors: CollectorStates,
     status: StatusHandle,
 }
 
@@ -181,6 +223,9 @@ impl Producer {
                 body = collector.collect() => body,
                 _ = until_stopped(&mut stop) => return,
             };
+            for (name, state) in collector.states() {
+                self.collectors.set(name, state);
+            }
             if let Err(e) = self.produce(body) {
                 // Without a persisted seq we must not send anything.
                 error!("cannot persist heartbeat: {e:#}");
@@ -256,6 +301,8 @@ struct Connector<E> {
 enum End {
     Shutdown,
     Failed(SessionError),
+    /// Drained for a switch back to the primary commander.
+    Switched,
 }
 
 impl<E: Executor> Connector<E> {
@@ -263,21 +310,56 @@ impl<E: Executor> Connector<E> {
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         let mut index = 0usize;
         let mut endpoints: Vec<Option<quinn::Endpoint>> = vec![None; self.config.commanders.len()];
+        let mut ready: Option<Session> = None;
         loop {
             if *stop.borrow() {
                 break;
             }
             let target = &self.config.commanders[index];
-            let attempt = self.attempt(target, &mut endpoints[index]);
-            let outcome = tokio::select! {
-                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt) => r.unwrap_or(Err(SessionError::Timeout("handshake"))),
-                _ = until_stopped(&mut stop) => break,
+            let outcome = match ready.take() {
+                // A session to the primary, opened while the last one drained.
+                Some(session) => Ok(session),
+                None => {
+                    let attempt = self.attempt(target, &mut endpoints[index]);
+                    tokio::select! {
+                        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt) => r.unwrap_or(Err(SessionError::Timeout("handshake"))),
+                        _ = until_stopped(&mut stop) => break,
+                    }
+                }
             };
             let error = match outcome {
                 Ok(session) => {
                     backoff.reset();
-                    match self.drive(session, target, &mut stop).await {
+                    // On a backup commander, keep trying the primary; when it
+                    // answers, drain this session (every heartbeat sent is
+                    // acknowledged here first) and move over.
+                    let (switch_tx, switch_rx) = watch::channel(false);
+                    let (first, _) = endpoints.split_at_mut(1);
+                    let probe = self.probe_primary(index, &mut first[0]);
+                    tokio::pin!(probe);
+                    let drive = self.drive(session, target, &mut stop, switch_rx);
+                    tokio::pin!(drive);
+                    let end = loop {
+                        tokio::select! {
+                            end = &mut drive => break end,
+                            primary = &mut probe, if ready.is_none() => {
+                                info!(primary = %self.config.commanders[0].addr, "the primary commander answers again: draining this session, then switching back");
+                                ready = Some(primary);
+                                let _ = switch_tx.send(true);
+                            }
+                        }
+                    };
+                    match end {
                         End::Shutdown => break,
+                        End::Switched => {
+                            index = 0;
+                            continue;
+                        }
+                        End::Failed(e) if ready.is_some() => {
+                            warn!(commander = %target.addr, "{e}");
+                            index = 0;
+                            continue;
+                        }
                         End::Failed(e) => e,
                     }
                 }
@@ -351,6 +433,25 @@ impl<E: Executor> Connector<E> {
         }
     }
 
+    /// Resolves with a session to the primary commander once it answers,
+    /// trying every `primary_retry`; never resolves on the primary itself.
+    async fn probe_primary(&self, index: usize, endpoint: &mut Option<quinn::Endpoint>) -> Session {
+        if index == 0 {
+            return std::future::pending().await;
+        }
+        let primary = &self.config.commanders[0];
+        loop {
+            tokio::time::sleep(self.config.primary_retry).await;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.attempt(primary, endpoint)).await {
+                Ok(Ok(session)) => return session,
+                Ok(Err(e)) => debug!(commander = %primary.addr, "primary still unavailable: {e}"),
+                Err(_) => {
+                    debug!(commander = %primary.addr, "primary still unavailable: handshake timed out")
+                }
+            }
+        }
+    }
+
     async fn attempt(
         &self,
         target: &CommanderTarget,
@@ -377,8 +478,6 @@ impl<E: Executor> Connector<E> {
             enroll_token: target.enroll_token.clone(),
             labels: self.config.labels.clone(),
         };
-        self.status
-            .update(|s| s.commander = Some(target.addr.clone()));
         Session::establish(ep, &self.identity, addr, &target.keys, hello).await
     }
 
@@ -392,6 +491,7 @@ impl<E: Executor> Connector<E> {
         session: Session,
         target: &CommanderTarget,
         stop: &mut watch::Receiver<bool>,
+        mut switch: watch::Receiver<bool>,
     ) -> End {
         let Session {
             conn,
@@ -430,6 +530,7 @@ impl<E: Executor> Connector<E> {
             Err(e) => return End::Failed(SessionError::Lost(format!("outbox: {e}"))),
         }
         self.status.update(|s| {
+            s.commander = Some(target.addr.clone());
             s.connected = true;
             s.approved = approved;
             s.sentry_id = Some(format!("{:016x}", welcome.sentry_id));
@@ -442,8 +543,20 @@ impl<E: Executor> Connector<E> {
         let mut sent_upto = welcome.last_seq;
         // When the oldest heartbeat still awaiting an ack was sent.
         let mut waiting_since: Option<Instant> = None;
+        // Switching away: nothing new is sent; the session ends once all
+        // that was sent is acknowledged (or the ack deadline passes).
+        let mut draining: Option<Instant> = None;
         let end = loop {
-            if approved {
+            if let Some(since) = draining {
+                if waiting_since.is_none() {
+                    break End::Switched;
+                }
+                if since.elapsed() > deadline {
+                    warn!("heartbeats sent to this commander were not acknowledged before the switch: they stay in the outbox and go to the next commander");
+                    break End::Switched;
+                }
+            }
+            if approved && draining.is_none() {
                 let batch = self.with_outbox(|o| {
                     o.pending_after(sent_upto)
                         .into_iter()
@@ -484,6 +597,11 @@ impl<E: Executor> Connector<E> {
             };
             tokio::select! {
                 _ = self.notify.notified() => {}
+                changed = switch.changed(), if draining.is_none() => {
+                    if changed.is_ok() && *switch.borrow() {
+                        draining = Some(Instant::now());
+                    }
+                }
                 Some(out) = out_rx.recv() => {
                     if let Err(e) = tx.send(&out).await {
                         break End::Failed(e.into());
@@ -564,6 +682,7 @@ impl<E: Executor> Connector<E> {
         let reason: &[u8] = match &end {
             End::Shutdown => b"sentry shutting down",
             End::Failed(_) => b"sentry closing session",
+            End::Switched => b"sentry switching to its primary commander",
         };
         conn.close(0u32.into(), reason);
         self.status.update(|s| s.connected = false);
