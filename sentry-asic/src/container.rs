@@ -6,6 +6,7 @@
 //! headers say, and parsed by pure functions ([`snapshot_from_reply`]) so
 //! the mapping is testable without a socket.
 
+pub use hashfleet_agent::text::{check_name, clip, error_chain};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -91,22 +92,6 @@ impl ConfigError {
             problem: problem.into(),
         }
     }
-}
-
-/// Checks a device name: 1..=64 of `A-Za-z0-9._-`.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err("`name` must be 1 to 64 characters".into());
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(format!(
-            "`name` `{name}` may only hold letters, digits, `.`, `_` and `-`"
-        ));
-    }
-    Ok(())
 }
 
 /// Parses `ip` or `ip:port` (IPv6 as `[ip]:port`). Device addresses are IP
@@ -568,29 +553,6 @@ fn items<'a>(v: &'a Value, key: &str) -> Vec<(u64, &'a Value)> {
         .collect()
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary.
-pub fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,11 +684,5 @@ mod tests {
                 .contains("supplyTemp")
         );
         assert!(snapshot_from_reply("c", ContainerKind::Hk3, &json!([1]), "").is_err());
-    }
-
-    #[test]
-    fn clip_keeps_char_boundaries() {
-        assert_eq!(clip("ééé", 3), "é…");
-        assert_eq!(clip("abc", 3), "abc");
     }
 }

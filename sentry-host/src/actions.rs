@@ -49,11 +49,24 @@ const DRAIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Default)]
 pub struct HostExecutor {
     actions: HostActions,
+    miners: std::sync::Arc<Vec<std::sync::Arc<crate::minersw::MinerClient>>>,
 }
 
 impl HostExecutor {
     pub fn new(actions: HostActions) -> Self {
-        HostExecutor { actions }
+        HostExecutor {
+            actions,
+            miners: Default::default(),
+        }
+    }
+
+    /// Also routes `pauseMiner`/`resumeMiner` to these miner APIs (by id).
+    pub fn with_miners(
+        mut self,
+        miners: std::sync::Arc<Vec<std::sync::Arc<crate::minersw::MinerClient>>>,
+    ) -> Self {
+        self.miners = miners;
+        self
     }
 
     async fn run_hook(&self, params: &Value) -> Result<Value, String> {
@@ -121,14 +134,20 @@ impl HostExecutor {
 
 impl Executor for HostExecutor {
     async fn execute(&self, method: &str, params: &Value, target: &str) -> Result<Value, String> {
+        if let Some(m) = self.miners.iter().find(|m| m.id() == target) {
+            return m.execute(method, params).await;
+        }
         if target.len() != 16 || !target.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
-                "sentry-host has one device, the host (its sentry id as 16 hex digits); `{target}` is not it"
+                "sentry-host runs actions on the host (its sentry id as 16 hex digits) and its [[miner]] entries; `{target}` is neither"
             ));
         }
         match method {
             "runHook" => self.run_hook(params).await,
             "reboot" => self.reboot(params).await,
+            "pauseMiner" | "resumeMiner" => Err(format!(
+                "sentry-host does not support `{method}` on the host: target a [[miner]] device"
+            )),
             other => Err(format!("sentry-host does not support `{other}`")),
         }
     }
@@ -417,12 +436,15 @@ mod tests {
             .execute("pauseMiner", &json!([]), HOST)
             .await
             .unwrap_err();
-        assert_eq!(err, "sentry-host does not support `pauseMiner`");
+        assert_eq!(
+            err,
+            "sentry-host does not support `pauseMiner` on the host: target a [[miner]] device"
+        );
         let err = ex
             .execute("runHook", &json!(["a"]), "00:1a:2b:3c:4d:5e")
             .await
             .unwrap_err();
-        assert!(err.contains("one device, the host"), "{err}");
+        assert!(err.contains("is neither"), "{err}");
     }
 
     #[tokio::test]

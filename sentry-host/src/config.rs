@@ -21,9 +21,21 @@
 //!
 //! # `runHook` with params ["NAME"] runs hook NAME: the program and its
 //! # arguments come from here only (no shell, nothing from the network).
+//! # Collectors besides the host (top-level keys, then tables).
+//! nvidia_smi = "/usr/bin/nvidia-smi"      # default: from PATH if present, else GPUs off
+//! dcgm_url = "http://127.0.0.1:9400/metrics"
+//!
 //! [hooks]
 //! restart-miner = ["/usr/bin/systemctl", "restart", "miner"]
 //! backup = ["/usr/local/bin/backup", "--quick"]
+//!
+//! [[miner]]                               # xmrig, trex, lolminer, gminer, cgminer
+//! kind = "xmrig"
+//! url = "http://127.0.0.1:8080"
+//! token = "…"                             # xmrig's --http-access-token
+//!
+//! [[runtime]]                             # OpenAI-compatible (vLLM)
+//! url = "http://127.0.0.1:8000"
 //! ```
 
 use std::collections::BTreeMap;
@@ -33,6 +45,10 @@ use std::time::Duration;
 use hashfleet_agent::cli::{agent_config, read_toml, CommonFile, RunArgs};
 use hashfleet_agent::config::CommanderEntry;
 use hashfleet_agent::AgentConfig;
+
+use crate::gpu::GpuConfig;
+use crate::minersw::MinerEntry;
+use crate::runtime_ai::RuntimeEntry;
 use hashfleet_shared::wire::SentryKind;
 use serde::Deserialize;
 
@@ -70,6 +86,51 @@ pub struct HostFile {
     /// `NAME = ["/path/to/program", "arg", …]`.
     #[serde(default)]
     pub hooks: BTreeMap<String, Vec<String>>,
+    /// The nvidia-smi to run; default: `nvidia-smi` from PATH if present.
+    pub nvidia_smi: Option<PathBuf>,
+    /// A DCGM exporter's `/metrics`, as fallback and supplement.
+    pub dcgm_url: Option<String>,
+    /// How long one nvidia-smi run or DCGM fetch may take, default 5000.
+    pub gpu_timeout_ms: Option<u64>,
+    /// Miner software APIs: `[[miner]] kind = "xmrig" url = "http://127.0.0.1:8080" token = "…"`.
+    #[serde(default)]
+    pub miner: Vec<MinerEntry>,
+    /// OpenAI-compatible runtimes: `[[runtime]] url = "http://127.0.0.1:8000"`.
+    #[serde(default)]
+    pub runtime: Vec<RuntimeEntry>,
+}
+
+/// What sentry-host collects besides the host itself.
+#[derive(Debug, Clone, Default)]
+pub struct HostSources {
+    pub gpu: GpuConfig,
+    pub miners: Vec<MinerEntry>,
+    pub runtimes: Vec<RuntimeEntry>,
+}
+
+impl HostSources {
+    /// Checks every entry; the error names the one that is wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.gpu.validate()?;
+        let mut ids = std::collections::BTreeSet::new();
+        for m in &self.miners {
+            m.validate()?;
+            let id = crate::minersw::MinerClient::new(m.clone())?.id();
+            anyhow::ensure!(
+                ids.insert(id.clone()),
+                "[[miner]] entries share the id `{id}`: give each a distinct `name`"
+            );
+        }
+        for r in &self.runtimes {
+            r.validate()?;
+            let id = crate::runtime_ai::RuntimeClient::new(r.clone())?.id();
+            anyhow::ensure!(
+                ids.insert(id.clone()),
+                "[[runtime]] entries share the id `{id}`: give each a distinct `name`"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// What host actions may do on this machine.
@@ -167,6 +228,7 @@ impl HostFile {
 pub struct HostConfig {
     pub agent: AgentConfig,
     pub actions: HostActions,
+    pub sources: HostSources,
 }
 
 impl HostConfig {
@@ -175,6 +237,7 @@ impl HostConfig {
         HostConfig {
             agent,
             actions: HostActions::default(),
+            sources: HostSources::default(),
         }
     }
 }
@@ -191,13 +254,32 @@ pub fn load_host(args: &RunArgs) -> anyhow::Result<HostConfig> {
         Some(path) => read_toml(Path::new(path))?,
         None => HostFile::default(),
     };
+    let mut gpu = GpuConfig {
+        nvidia_smi: file.nvidia_smi.clone(),
+        dcgm_url: file.dcgm_url.clone(),
+        ..GpuConfig::default()
+    };
+    if let Some(ms) = file.gpu_timeout_ms {
+        gpu.timeout_ms = ms;
+    }
+    let sources = HostSources {
+        gpu,
+        miners: file.miner.clone(),
+        runtimes: file.runtime.clone(),
+    };
     let (common, actions) = file.split();
-    actions.validate().map_err(|e| match &args.config {
+    let in_file = |e: anyhow::Error| match &args.config {
         Some(path) => e.context(format!("config {}", path.display())),
         None => e,
-    })?;
+    };
+    actions.validate().map_err(in_file)?;
+    sources.validate().map_err(in_file)?;
     let agent = agent_config(common, args, SentryKind::Host, DEFAULT_HOME)?;
-    Ok(HostConfig { agent, actions })
+    Ok(HostConfig {
+        agent,
+        actions,
+        sources,
+    })
 }
 
 /// [`load_host`] without the actions.

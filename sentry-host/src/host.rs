@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use hashfleet_shared::wire::{DeviceAlert, DeviceSnapshot, Severity};
 use serde::Serialize;
-use sysinfo::{Disks, System};
+use sysinfo::{Components, Disks, Networks, System};
 
 /// Most disks reported in the raw reply.
 const MAX_DISKS: usize = 64;
@@ -16,7 +16,12 @@ const MAX_DISKS: usize = 64;
 pub struct HostCollector {
     system: Option<System>,
     disks: Option<Disks>,
+    networks: Option<Networks>,
+    components: Option<Components>,
 }
+
+/// Most hwmon sensors reported one by one.
+const MAX_SENSORS: usize = 32;
 
 #[derive(Serialize)]
 struct DiskRaw {
@@ -43,6 +48,8 @@ impl HostCollector {
         HostCollector {
             system,
             disks: Disks::new_with_refreshed_list().ok(),
+            networks: Networks::new_with_refreshed_list().ok(),
+            components: Components::new_with_refreshed_list().ok(),
         }
     }
 
@@ -99,6 +106,49 @@ impl HostCollector {
             labels.insert("os".into(), os);
         }
         let kernel = System::kernel_version().unwrap_or_default();
+        // Network totals since boot, over every interface but loopback.
+        if let Some(nets) = self.networks.as_mut() {
+            nets.refresh(true);
+            let (mut rx, mut tx) = (0u64, 0u64);
+            for (name, data) in nets.iter() {
+                if name.to_string_lossy() == "lo" {
+                    continue;
+                }
+                rx = rx.saturating_add(data.total_received());
+                tx = tx.saturating_add(data.total_transmitted());
+            }
+            metrics.insert("net_rx_bytes".into(), rx as f64);
+            metrics.insert("net_tx_bytes".into(), tx as f64);
+        }
+        // hwmon temperatures: the hottest as `temp_c`, each as `temp_<label>_c`.
+        if let Some(components) = self.components.as_mut() {
+            components.refresh(true);
+            let mut hottest: Option<f32> = None;
+            for c in components.iter() {
+                let Some(t) = c.temperature().filter(|t| t.is_finite()) else {
+                    continue;
+                };
+                hottest = Some(hottest.map_or(t, |h| h.max(t)));
+                if metrics.len() < 64 + MAX_SENSORS {
+                    let label: String = c
+                        .label()
+                        .chars()
+                        .map(|ch| {
+                            if ch.is_ascii_alphanumeric() {
+                                ch.to_ascii_lowercase()
+                            } else {
+                                '_'
+                            }
+                        })
+                        .take(48)
+                        .collect();
+                    metrics.insert(format!("temp_{label}_c"), f64::from(t));
+                }
+            }
+            if let Some(t) = hottest {
+                metrics.insert("temp_c".into(), f64::from(t));
+            }
+        }
         let mut raw_disks = Vec::new();
         if let Some(disks) = self.disks.as_mut() {
             disks.refresh(true);
@@ -153,6 +203,8 @@ mod tests {
             "mem_used_bytes",
             "uptime_s",
             "load_1",
+            "net_rx_bytes",
+            "net_tx_bytes",
         ] {
             assert!(s.metrics.contains_key(m), "missing {m}: {:?}", s.metrics);
         }

@@ -1,11 +1,12 @@
 //! `hashfleet-sentry-host`: the sentry for GPU/CPU rigs and AI nodes.
 //!
-//! It reports its host as one device (sysinfo) through the shared sentry
+//! It reports its host (sysinfo), its NVIDIA GPUs (nvidia-smi, DCGM), the
+//! miner software and the AI runtimes on it through the shared sentry
 //! runtime (`hashfleet-agent`), and runs the host actions its config allows
-//! (hooks, reboot). GPUs, miner software and AI runtimes come with the
-//! host-sentry issue as more collectors.
+//! (hooks, reboot, pause/resume of a miner whose API allows it).
 //!
-//! - [`host`]: the sysinfo collector;
+//! - [`host`]: the sysinfo collector; [`gpu`]: GPUs; [`minersw`]: miner
+//!   software APIs; [`runtime_ai`]: OpenAI-compatible runtimes;
 //! - [`actions`]: [`HostExecutor`], the host actions (`runHook`, `reboot`);
 //! - [`config`]: the config file;
 //! - [`run`], [`run_with`]: start the runtime with this sentry's collectors
@@ -13,32 +14,129 @@
 
 pub mod actions;
 pub mod config;
+pub mod gpu;
 pub mod host;
+pub mod minersw;
+pub mod runtime_ai;
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use hashfleet_agent::{Agent, AgentConfig, Collector};
 use hashfleet_shared::wire::HeartbeatBody;
 
 pub use actions::HostExecutor;
-pub use config::{HostActions, HostConfig};
+pub use config::{HostActions, HostConfig, HostSources};
+use gpu::GpuCollector;
 pub use host::HostCollector;
+use minersw::MinerClient;
+use runtime_ai::RuntimeClient;
 
-/// Every collector of this sentry, run in turn each interval.
-#[derive(Default)]
+/// Every collector of this sentry, run each interval; a failing one
+/// reports the failure on its devices and the heartbeat still goes out.
 pub struct HostSentry {
     host: HostCollector,
+    gpu: GpuCollector,
+    miners: Arc<Vec<Arc<MinerClient>>>,
+    runtimes: Vec<Arc<RuntimeClient>>,
+    states: BTreeMap<String, String>,
+}
+
+impl HostSentry {
+    /// The collectors `sources` asks for (checked already).
+    pub fn new(sources: &HostSources) -> anyhow::Result<HostSentry> {
+        let miners = sources
+            .miners
+            .iter()
+            .map(|m| MinerClient::new(m.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let runtimes = sources
+            .runtimes
+            .iter()
+            .map(|r| RuntimeClient::new(r.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut gpu = GpuCollector::from_config(&sources.gpu);
+        if sources.gpu.timeout_ms > 0 {
+            gpu = gpu.timeout(std::time::Duration::from_millis(sources.gpu.timeout_ms));
+        }
+        Ok(HostSentry {
+            host: HostCollector::new(),
+            gpu,
+            miners: Arc::new(miners),
+            runtimes,
+            states: BTreeMap::new(),
+        })
+    }
+}
+
+impl Default for HostSentry {
+    fn default() -> Self {
+        HostSentry::new(&HostSources::default()).expect("no sources to check")
+    }
 }
 
 impl Collector for HostSentry {
     async fn collect(&mut self) -> HeartbeatBody {
-        HeartbeatBody {
-            devices: vec![self.host.snapshot()],
+        // Miner and runtime APIs in their own tasks (each bounded by its
+        // client's timeout), concurrently with the GPU collector.
+        let mut set = tokio::task::JoinSet::new();
+        for (i, m) in self.miners.iter().enumerate() {
+            let m = m.clone();
+            set.spawn(async move { (0, i, m.poll().await) });
         }
+        for (i, r) in self.runtimes.iter().enumerate() {
+            let r = r.clone();
+            set.spawn(async move { (1, i, r.poll().await) });
+        }
+        let mut devices = vec![self.host.snapshot()];
+        devices.extend(self.gpu.collect().await);
+        let mut polled = Vec::with_capacity(set.len());
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(p) => polled.push(p),
+                Err(e) => tracing::error!("a collector task failed: {e}"),
+            }
+        }
+        polled.sort_by_key(|(kind, i, _)| (*kind, *i));
+        let down = |kind: usize| {
+            polled
+                .iter()
+                .filter(|(k, _, d)| {
+                    *k == kind
+                        && matches!(
+                            d.labels.get("state").map(String::as_str),
+                            Some("offline" | "error")
+                        )
+                })
+                .count()
+        };
+        let mut states = BTreeMap::new();
+        states.insert("host".to_string(), "ok".to_string());
+        states.insert("gpu".to_string(), self.gpu.state());
+        for (kind, name, total) in [
+            (0, "miners", self.miners.len()),
+            (1, "runtimes", self.runtimes.len()),
+        ] {
+            if total > 0 {
+                let down = down(kind);
+                states.insert(
+                    name.to_string(),
+                    if down == 0 {
+                        format!("ok: {total} reporting")
+                    } else {
+                        format!("degraded: {down} of {total} offline or failing")
+                    },
+                );
+            }
+        }
+        self.states = states;
+        devices.extend(polled.into_iter().map(|(_, _, d)| d));
+        HeartbeatBody { devices }
     }
 
-    fn states(&self) -> std::collections::BTreeMap<String, String> {
-        [("host".to_string(), "ok".to_string())].into()
+    fn states(&self) -> BTreeMap<String, String> {
+        self.states.clone()
     }
 }
 
@@ -51,11 +149,10 @@ pub fn agent(config: AgentConfig) -> anyhow::Result<Agent<HostSentry, HostExecut
 /// Builds the runtime with the host actions of `config`.
 pub fn agent_with(config: HostConfig) -> anyhow::Result<Agent<HostSentry, HostExecutor>> {
     config.actions.validate()?;
-    Agent::new(
-        config.agent,
-        HostSentry::default(),
-        HostExecutor::new(config.actions),
-    )
+    config.sources.validate()?;
+    let sentry = HostSentry::new(&config.sources)?;
+    let executor = HostExecutor::new(config.actions).with_miners(sentry.miners.clone());
+    Agent::new(config.agent, sentry, executor)
 }
 
 /// Runs the host sentry, with the default host actions (no hooks, no

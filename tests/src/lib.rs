@@ -2,6 +2,8 @@
 //! temp dir, an HTTP client with its admin token, sentries in-process, and
 //! polling helpers. Everything cleans up when dropped.
 
+pub mod fakes;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -29,6 +29,7 @@ pub mod runtime;
 pub mod session;
 pub mod status;
 pub mod status_api;
+pub mod text;
 
 pub use actions::{ActionHandler, Executor, NoActions};
 pub use config::{AgentConfig, CommanderTarget, ConfigError};
