@@ -134,6 +134,9 @@ pub fn agent_config(
     Ok(config)
 }
 
+/// Runtime worker threads of a sentry process.
+pub const SENTRY_WORKERS: usize = 2;
+
 /// `identity init|show`.
 #[derive(Debug, clap::Subcommand)]
 pub enum IdentityCommand {
@@ -256,7 +259,14 @@ where
         );
         return ExitCode::SUCCESS;
     }
-    match tokio::runtime::Runtime::new() {
+    // Two workers whatever the core count: a sentry must cost almost
+    // nothing on a 64-core rig, and two are plenty for its I/O.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(SENTRY_WORKERS)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build();
+    match runtime {
         Ok(rt) => exit(rt.block_on(run(config))),
         Err(e) => exit(Err(e.into())),
     }

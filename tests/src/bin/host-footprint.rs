@@ -8,8 +8,10 @@
 //! each process itself, not its children such as `nvidia-smi`) from /proc.
 //! A measurement, not a test.
 //!
-//! `cargo build --release -p hashfleet-sentry-host -p hashfleet-tests`, then
-//! `./target/release/host-footprint 600`. node_exporter comes from Debian's
+//! `cargo build --profile agent -p hashfleet-sentry-host` (the profile the
+//! packages ship) and `cargo build --release -p hashfleet-tests`, then
+//! `SENTRY_HOST=target/agent/hashfleet-sentry-host ./target/release/host-footprint 600`
+//! (without `SENTRY_HOST` the release build beside it is used). node_exporter comes from Debian's
 //! `prometheus-node-exporter` package (or `NODE_EXPORTER=PATH`).
 
 use std::path::PathBuf;
@@ -65,7 +67,10 @@ async fn main() -> anyhow::Result<()> {
         .transpose()
         .map_err(|_| anyhow::anyhow!("usage: host-footprint [SECONDS]"))?
         .unwrap_or(600);
-    let sentry_bin = sibling("hashfleet-sentry-host")?;
+    let sentry_bin = match std::env::var("SENTRY_HOST") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => sibling("hashfleet-sentry-host")?,
+    };
     let exporter = std::env::var("NODE_EXPORTER")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("/usr/bin/prometheus-node-exporter"));
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let wall = began.elapsed().as_secs_f64();
+    println!("sentry-host binary: {}", sentry_bin.display());
     println!(
         "host-footprint: {:.0} s at a {} s interval on {} cores",
         wall,
