@@ -53,6 +53,8 @@ pub struct App {
     pub action_wakeup: tokio::sync::Notify,
     /// The audit log (and actions) in the store.
     pub action_store: Arc<dyn ActionStore>,
+    /// QUIC admission: connection and per-source handshake caps.
+    pub admission: crate::quic::admission::Admission,
 }
 
 /// A started commander.
@@ -161,6 +163,7 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         actions,
         action_wakeup: tokio::sync::Notify::new(),
         action_store,
+        admission: crate::quic::admission::Admission::new(config.quic),
         config,
         identity,
         store,

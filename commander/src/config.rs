@@ -46,6 +46,8 @@ pub struct CommanderConfig {
     pub roles: Roles,
     /// `[actions]`: vote thresholds, automation, lifetime.
     pub actions: ActionsConfig,
+    /// `[quic]`: connection admission limits.
+    pub quic: crate::quic::admission::Limits,
 }
 
 /// `[actions]` after defaults.
@@ -156,6 +158,7 @@ impl CommanderConfig {
             auth: AuthConfig::default(),
             roles: Roles::new(),
             actions: ActionsConfig::default(),
+            quic: crate::quic::admission::Limits::default(),
         }
     }
 
@@ -267,6 +270,18 @@ pub struct FileConfig {
     pub roles: Option<Roles>,
     #[serde(default)]
     pub actions: ActionsFile,
+    #[serde(default)]
+    pub quic: QuicFile,
+}
+
+/// `[quic]`: admission limits before authentication.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicFile {
+    /// Connections at once, handshaking or established (default 250000).
+    pub max_connections: Option<usize>,
+    /// Handshakes in progress from one source address (default 64).
+    pub max_handshakes_per_source: Option<usize>,
 }
 
 /// `[devices]`: when a silent device becomes stale, then lost.
@@ -339,6 +354,20 @@ impl FileConfig {
         let mut c = CommanderConfig::new(data_dir);
         if let Some(a) = self.quic_listen {
             c.quic_listen = a;
+        }
+        if let Some(n) = self.quic.max_connections {
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&n),
+                "[quic] max_connections = {n}: give 1..=10000000"
+            );
+            c.quic.max_connections = n;
+        }
+        if let Some(n) = self.quic.max_handshakes_per_source {
+            anyhow::ensure!(
+                (1..=100_000).contains(&n),
+                "[quic] max_handshakes_per_source = {n}: give 1..=100000"
+            );
+            c.quic.max_handshakes_per_source = n;
         }
         if let Some(a) = self.http_listen {
             c.http_listen = a;

@@ -21,7 +21,7 @@ pub const HEARTBEAT_RESULTS: [&str; 8] = [
 ];
 
 /// Results a handshake can have.
-pub const HANDSHAKE_RESULTS: [&str; 7] = [
+pub const HANDSHAKE_RESULTS: [&str; 9] = [
     "ok",
     "tls_refused",
     "rejected",
@@ -29,6 +29,8 @@ pub const HANDSHAKE_RESULTS: [&str; 7] = [
     "timeout",
     "protocol_error",
     "store_error",
+    "refused_capacity",
+    "refused_source",
 ];
 
 /// Bucket bounds (seconds) of the ingest histograms.
@@ -37,7 +39,7 @@ const COMMIT_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0
 #[derive(Debug, Default)]
 pub struct Metrics {
     heartbeats: [AtomicU64; 8],
-    handshakes: [AtomicU64; 7],
+    handshakes: [AtomicU64; 9],
     connected: AtomicI64,
     commit: Histogram,
     latency: Histogram,

@@ -96,9 +96,19 @@ pub async fn accept_loop(
             },
             _ = hashfleet_agent::runtime::until_stopped(&mut stop) => break,
         };
-        debug!(remote = %incoming.remote_address(), "incoming connection");
+        let remote = incoming.remote_address();
+        let ticket = match app.admission.admit(remote.ip()) {
+            Ok(t) => t,
+            Err(refusal) => {
+                app.metrics.handshake(refusal.metric());
+                debug!(%remote, reason = refusal.metric(), "connection refused");
+                incoming.refuse();
+                continue;
+            }
+        };
+        debug!(%remote, "incoming connection");
         let app = app.clone();
         let stop = stop.clone();
-        tokio::spawn(super::session::serve(app, incoming, stop));
+        tokio::spawn(super::session::serve(app, incoming, ticket, stop));
     }
 }

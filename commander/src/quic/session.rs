@@ -31,7 +31,12 @@ use crate::sessions::{close, Control};
 const OUTBOUND: usize = 64;
 
 /// Serves one incoming connection to its end.
-pub async fn serve(app: Arc<App>, incoming: quinn::Incoming, stop: watch::Receiver<bool>) {
+pub async fn serve(
+    app: Arc<App>,
+    incoming: quinn::Incoming,
+    mut ticket: crate::quic::admission::Ticket,
+    stop: watch::Receiver<bool>,
+) {
     let remote = incoming.remote_address();
     // One deadline for TLS and the whole application handshake.
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
@@ -48,6 +53,9 @@ pub async fn serve(app: Arc<App>, incoming: quinn::Incoming, stop: watch::Receiv
         }
     };
     let established = tokio::time::timeout_at(deadline, handshake(&app, &conn)).await;
+    // Established or not, this source's handshake slot is free again; the
+    // ticket itself lives (counting the connection) until the session ends.
+    ticket.handshake_done();
     let est = match established {
         Ok(Ok(est)) => est,
         Ok(Err(fail)) => {
