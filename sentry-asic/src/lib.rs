@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hashfleet_agent::cli::{agent_config, read_toml, RunArgs};
+use hashfleet_agent::status_api::reporting_state;
 use hashfleet_agent::{Agent, AgentConfig, Collector, Executor};
 use hashfleet_shared::wire::{DeviceSnapshot, HeartbeatBody, SentryKind};
 use serde_json::Value;
@@ -184,26 +185,14 @@ fn states(
     devices: &[DeviceSnapshot],
     scanned: usize,
 ) -> std::collections::BTreeMap<String, String> {
-    let mut counts: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    let mut kinds: std::collections::BTreeMap<&str, Vec<&DeviceSnapshot>> = Default::default();
     for d in devices {
-        let c = counts.entry(d.kind.as_str()).or_default();
-        c.0 += 1;
-        if matches!(
-            d.labels.get("state").map(String::as_str),
-            Some("offline" | "error")
-        ) {
-            c.1 += 1;
-        }
+        kinds.entry(d.kind.as_str()).or_default().push(d);
     }
-    let mut out = std::collections::BTreeMap::new();
-    for (kind, (all, down)) in counts {
-        let state = if down == 0 {
-            format!("ok: {all} reporting")
-        } else {
-            format!("degraded: {down} of {all} offline or failing")
-        };
-        out.insert(kind.to_string(), state);
-    }
+    let mut out: std::collections::BTreeMap<String, String> = kinds
+        .into_iter()
+        .map(|(kind, ds)| (kind.to_string(), reporting_state(ds)))
+        .collect();
     out.entry("miner".into())
         .or_insert_with(|| format!("ok: none identified yet in {scanned} scanned addresses"));
     out

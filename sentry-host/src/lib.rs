@@ -99,34 +99,15 @@ impl Collector for HostSentry {
             }
         }
         polled.sort_by_key(|(kind, i, _)| (*kind, *i));
-        let down = |kind: usize| {
-            polled
-                .iter()
-                .filter(|(k, _, d)| {
-                    *k == kind
-                        && matches!(
-                            d.labels.get("state").map(String::as_str),
-                            Some("offline" | "error")
-                        )
-                })
-                .count()
-        };
         let mut states = BTreeMap::new();
         states.insert("host".to_string(), "ok".to_string());
         states.insert("gpu".to_string(), self.gpu.state());
-        for (kind, name, total) in [
-            (0, "miners", self.miners.len()),
-            (1, "runtimes", self.runtimes.len()),
-        ] {
-            if total > 0 {
-                let down = down(kind);
+        for (kind, name) in [(0, "miners"), (1, "runtimes")] {
+            let mut of_kind = polled.iter().filter(|(k, _, _)| *k == kind).peekable();
+            if of_kind.peek().is_some() {
                 states.insert(
                     name.to_string(),
-                    if down == 0 {
-                        format!("ok: {total} reporting")
-                    } else {
-                        format!("degraded: {down} of {total} offline or failing")
-                    },
+                    hashfleet_agent::status_api::reporting_state(of_kind.map(|(_, _, d)| d)),
                 );
             }
         }

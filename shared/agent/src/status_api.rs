@@ -169,6 +169,29 @@ fn human(d: Duration) -> String {
 
 /// Refuses any listen address that is not loopback: the API has no
 /// authentication.
+/// A collector's state from the devices it reported this round: `ok: N
+/// reporting`, or `degraded: D of N offline or failing` when some carry
+/// `state=offline|error`.
+pub fn reporting_state<'a>(
+    devices: impl IntoIterator<Item = &'a hashfleet_shared::wire::DeviceSnapshot>,
+) -> String {
+    let (mut all, mut down) = (0usize, 0usize);
+    for d in devices {
+        all += 1;
+        if matches!(
+            d.labels.get("state").map(String::as_str),
+            Some("offline" | "error")
+        ) {
+            down += 1;
+        }
+    }
+    if down == 0 {
+        format!("ok: {all} reporting")
+    } else {
+        format!("degraded: {down} of {all} offline or failing")
+    }
+}
+
 pub fn check_listen(addr: SocketAddr) -> Result<(), String> {
     if addr.ip().to_canonical().is_loopback() {
         Ok(())
@@ -289,6 +312,19 @@ mod tests {
             last_ack_at,
             ..AgentStatus::default()
         }
+    }
+
+    #[test]
+    fn reporting_state_counts_devices_down() {
+        use hashfleet_shared::wire::DeviceSnapshot;
+        let up = DeviceSnapshot::default();
+        let mut down = DeviceSnapshot::default();
+        down.labels.insert("state".into(), "offline".into());
+        assert_eq!(reporting_state([&up, &up]), "ok: 2 reporting");
+        assert_eq!(
+            reporting_state([&up, &down]),
+            "degraded: 1 of 2 offline or failing"
+        );
     }
 
     #[test]
