@@ -272,18 +272,3 @@ pub async fn run_with(
         .run(shutdown)
         .await
 }
-
-/// Runs a sentry with this agent config and no devices configured.
-pub async fn run(
-    config: AgentConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_with(
-        SentryAsicConfig {
-            agent: config,
-            asic: AsicConfig::default(),
-        },
-        shutdown,
-    )
-    .await
-}
