@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hashfleet_shared::enroll::token_hash;
-use hashfleet_shared::{secure_file, Identity, NodeId};
+use hashfleet_shared::{secure_file, NodeId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -37,7 +37,10 @@ pub const HTTP_ADDR_FILE: &str = "http.addr";
 /// State every part of the commander shares.
 pub struct App {
     pub config: CommanderConfig,
-    pub identity: Identity,
+    /// The serving key (replaced when a commander key rotation switches).
+    pub identity: crate::key_rotation::KeyCell,
+    /// The next commander key while a rotation is pending.
+    pub announcement: crate::key_rotation::Announcement,
     pub store: Arc<dyn Store>,
     pub sessions: Sessions,
     pub revoked: RevokedKeys,
@@ -78,6 +81,8 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     let data_dir = config.data_dir.clone();
     secure_file::ensure_private_dir(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let pending_key = crate::key_rotation::settle(&data_dir, hashfleet_shared::now_ms())
+        .context("finishing a commander key rotation")?;
     let (identity, created) = keys::load_or_create_identity(&data_dir)?;
     if created {
         info!(node_id = %identity.node_id(), "created the commander identity");
@@ -165,7 +170,8 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         action_store,
         admission: crate::quic::admission::Admission::new(config.quic),
         config,
-        identity,
+        identity: crate::key_rotation::KeyCell::new(identity),
+        announcement: Default::default(),
         store,
         sessions: Sessions::default(),
         revoked,
@@ -184,7 +190,15 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         tokio::spawn(upkeep::checkpoints(app.clone(), stop_rx.clone())),
         tokio::spawn(upkeep::retention(app.clone(), stop_rx.clone())),
         tokio::spawn(crate::actions::executor::run(app.clone(), stop_rx.clone())),
+        tokio::spawn(crate::key_rotation::watch(
+            app.clone(),
+            endpoint.clone(),
+            stop_rx.clone(),
+        )),
     ];
+    if let Some(pending) = pending_key {
+        info!(next = %pending.key.node_id(), switch_at_ms = pending.switch_at_ms, "a commander key rotation is pending");
+    }
     if let Some((listener, tls)) = https {
         info!(https_addr = ?https_addr, "HTTPS listening");
         tasks.push(tokio::spawn(http::https::serve(

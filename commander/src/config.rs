@@ -11,6 +11,11 @@ use crate::fleet::device::StatusRules;
 use crate::fleet::retention::Retention;
 use crate::permissions::{validate_roles, Roles};
 
+/// How long an old node key works after a rotation, by default.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(300);
+/// The longest grace a config may set.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 86_400);
+
 /// The `serve` settings after merging file, environment and flags.
 #[derive(Debug, Clone)]
 pub struct CommanderConfig {
@@ -26,6 +31,8 @@ pub struct CommanderConfig {
     pub https_names: Vec<String>,
     /// How often a live session is challenged again.
     pub rechallenge: Duration,
+    /// How long a sentry's old node key is still accepted after it rotated.
+    pub rotation_grace: Duration,
     /// Most heartbeats written in one group commit.
     pub ingest_batch_max: usize,
     /// Timezones whose local days get daily buckets.
@@ -138,6 +145,7 @@ impl CommanderConfig {
             https_key: None,
             https_names: Vec::new(),
             rechallenge: Duration::from_secs(300),
+            rotation_grace: DEFAULT_ROTATION_GRACE,
             ingest_batch_max: 2048,
             timezones: vec![Timezone {
                 code: "UTC".into(),
@@ -170,6 +178,13 @@ impl CommanderConfig {
         }
         if self.rechallenge < Duration::from_secs(1) {
             anyhow::bail!("rechallenge_secs must be at least 1");
+        }
+        if self.rotation_grace > MAX_ROTATION_GRACE {
+            anyhow::bail!(
+                "rotation_grace_secs = {}: give at most {} (7 days); an old key should not outlive its rotation for long",
+                self.rotation_grace.as_secs(),
+                MAX_ROTATION_GRACE.as_secs()
+            );
         }
         if !(1..=100_000).contains(&self.ingest_batch_max) {
             anyhow::bail!("ingest_batch_max must be between 1 and 100000");
@@ -254,6 +269,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub https_names: Vec<String>,
     pub rechallenge_secs: Option<u64>,
+    /// Seconds a sentry's old node key still works after a rotation (default 300).
+    pub rotation_grace_secs: Option<u64>,
     pub ingest_batch_max: Option<usize>,
     pub timezones: Option<Vec<Timezone>>,
     #[serde(default)]
@@ -378,6 +395,9 @@ impl FileConfig {
         c.https_names = self.https_names;
         if let Some(s) = self.rechallenge_secs {
             c.rechallenge = Duration::from_secs(s);
+        }
+        if let Some(s) = self.rotation_grace_secs {
+            c.rotation_grace = Duration::from_secs(s);
         }
         if let Some(n) = self.ingest_batch_max {
             c.ingest_batch_max = n;

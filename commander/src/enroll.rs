@@ -3,7 +3,7 @@
 //! The decision itself is the pure [`hashfleet_shared::enroll::decide`].
 
 use hashfleet_shared::enroll::{decide, token_hash, Decision, Known, TokenCheck};
-use hashfleet_shared::wire::{Hello, Reject, SentryStatus};
+use hashfleet_shared::wire::{Hello, Reject, RejectCode, SentryStatus};
 
 use crate::store::{SentryRecord, SentryState, Store, StoreError, TokenUse};
 
@@ -12,6 +12,11 @@ use crate::store::{SentryRecord, SentryState, Store, StoreError, TokenUse};
 pub struct Admitted {
     pub record: SentryRecord,
     pub status: SentryStatus,
+    /// The session's key was rotated away and is inside its grace window.
+    pub retired_key: bool,
+    /// The hello named another wallet than the bound one (which stays
+    /// bound: a wallet changes only through a `BindWallet`).
+    pub unbound_wallet: bool,
 }
 
 fn status_of(state: SentryState) -> Known {
@@ -34,10 +39,40 @@ pub fn admit(
     store: &dyn Store,
     hello: &Hello,
     now_ms: u64,
+    grace: std::time::Duration,
 ) -> Result<Result<Admitted, Reject>, StoreError> {
     let existing = match store.sentry_id_for_node(&hello.node_id)? {
         Some(id) => store.sentry(id)?,
         None => None,
+    };
+    let key = *hello.node_id.public_key();
+    // An earlier key of an enrolled sentry works only inside its grace
+    // window after the rotation that retired it (a revoked one never).
+    let retired = existing
+        .as_ref()
+        .filter(|r| r.node_key != key && r.state != SentryState::Revoked)
+        .map(|r| (r.retired(&key).cloned(), r.node_key));
+    let retired_key = match retired {
+        None => false,
+        Some((Some(rotation), _))
+            if now_ms <= rotation.at_ms.saturating_add(grace.as_millis() as u64) =>
+        {
+            true
+        }
+        Some((rotation, current)) => {
+            let when = rotation
+                .map(|r| format!(" at {} ms", r.at_ms))
+                .unwrap_or_default();
+            return Ok(Err(Reject {
+                code: RejectCode::KeyRotated,
+                message: format!(
+                    "node key {} was rotated away{when} and its grace window of {} s is over; this sentry is now {}. A sentry that holds the new key (identity.next.json) switches to it by itself; otherwise an operator revokes the sentry and it re-enrolls with a new identity and token",
+                    hello.node_id,
+                    grace.as_secs(),
+                    hashfleet_shared::NodeId::from_public_key(current)
+                ),
+            }));
+        }
     };
     let known = existing.as_ref().map(|r| status_of(r.state));
     // Only a new or pending sentry spends a token.
@@ -65,21 +100,30 @@ pub fn admit(
         state: state_of(status),
         created_ms: now_ms,
         state_changed_ms: now_ms,
+        rotations: Vec::new(),
+        rotate_requested_ms: None,
+        wallet_changes: Vec::new(),
     });
     let before = record.clone();
     if record.state != state_of(status) {
         record.state = state_of(status);
         record.state_changed_ms = now_ms;
     }
-    // The wallet proof verified in the handshake, so the address may change.
-    record.wallet_address = hello.wallet_address.0;
+    // The hello's wallet proof binds a wallet at enrollment only; later a
+    // wallet changes through `BindWallet` (signed over a commander nonce).
+    let unbound_wallet = record.wallet_address != hello.wallet_address.0;
     record.kind = hello.kind.as_str().to_string();
     record.agent_version = hello.agent_version.clone();
     record.labels = hello.labels.clone();
     if record != before || store.sentry(record.sentry_id)?.is_none() {
         store.put_sentry(&record)?;
     }
-    Ok(Ok(Admitted { record, status }))
+    Ok(Ok(Admitted {
+        record,
+        status,
+        retired_key,
+        unbound_wallet,
+    }))
 }
 
 fn new_sentry_id(store: &dyn Store) -> u64 {

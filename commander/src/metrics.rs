@@ -33,6 +33,9 @@ pub const HANDSHAKE_RESULTS: [&str; 9] = [
     "refused_source",
 ];
 
+/// Results a node key rotation can have.
+pub const ROTATION_RESULTS: [&str; 3] = ["done", "already", "refused"];
+
 /// Bucket bounds (seconds) of the ingest histograms.
 const COMMIT_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
@@ -40,6 +43,7 @@ const COMMIT_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0
 pub struct Metrics {
     heartbeats: [AtomicU64; 8],
     handshakes: [AtomicU64; 9],
+    rotations: [AtomicU64; 3],
     connected: AtomicI64,
     commit: Histogram,
     latency: Histogram,
@@ -71,6 +75,12 @@ impl Metrics {
     pub fn handshake(&self, result: &str) {
         if let Some(i) = HANDSHAKE_RESULTS.iter().position(|r| *r == result) {
             self.handshakes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn rotation(&self, result: &str) {
+        if let Some(i) = ROTATION_RESULTS.iter().position(|r| *r == result) {
+            self.rotations[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -114,6 +124,13 @@ impl Metrics {
             "Session handshakes, by result.",
             &HANDSHAKE_RESULTS,
             &self.handshakes,
+        );
+        counter_family(
+            &mut out,
+            "hashfleet_node_key_rotations_total",
+            "Sentry node key rotations, by result.",
+            &ROTATION_RESULTS,
+            &self.rotations,
         );
         let _ = writeln!(
             out,

@@ -19,6 +19,10 @@ pub enum Control {
     Revoked,
     /// Send this signed action request to the sentry.
     Action(Box<hashfleet_shared::wire::SignedAction>),
+    /// An operator asked the sentry to rotate its node key.
+    Rotate,
+    /// Announce the commander's next key.
+    Announce(Box<hashfleet_shared::wire::SignedKeyAnnouncement>),
 }
 
 /// Application close codes on QUIC connections.
@@ -30,6 +34,7 @@ pub mod close {
     pub const PROTOCOL: u32 = 4;
     pub const SHUTDOWN: u32 = 5;
     pub const STORE_ERROR: u32 = 6;
+    pub const KEY_ROTATED: u32 = 7;
 }
 
 struct Entry {
@@ -98,6 +103,23 @@ impl Sessions {
         match live.get(node) {
             Some(e) => e.control.try_send(control).is_ok(),
             None => false,
+        }
+    }
+
+    /// Tells every live session something (dropped for a session whose
+    /// queue is full); returns how many were told.
+    pub fn tell_all(&self, control: &Control) -> usize {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.values()
+            .filter(|e| e.control.try_send(control.clone()).is_ok())
+            .count()
+    }
+
+    /// Closes every live session.
+    pub fn close_all(&self, code: u32, reason: &str) {
+        let live = std::mem::take(&mut *self.live.lock().unwrap_or_else(|p| p.into_inner()));
+        for e in live.into_values() {
+            e.conn.close(code.into(), reason.as_bytes());
         }
     }
 

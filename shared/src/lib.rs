@@ -26,6 +26,7 @@ pub mod identity;
 pub mod liveness;
 pub mod node_id;
 pub mod node_key;
+pub mod rotation;
 pub mod secure_file;
 pub mod sign;
 pub mod tls;

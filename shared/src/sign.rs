@@ -20,6 +20,10 @@ pub enum Domain {
     Action,
     /// A sentry's result of an action.
     ActionResult,
+    /// A sentry's node key rotation (signed by the old and the new key).
+    Rotation,
+    /// A commander's announcement of its next key (old and new key).
+    KeyAnnouncement,
 }
 
 impl Domain {
@@ -30,6 +34,8 @@ impl Domain {
             Domain::CommanderProof => "hashfleet/v1/commander-proof",
             Domain::Action => "hashfleet/v1/action",
             Domain::ActionResult => "hashfleet/v1/action-result",
+            Domain::Rotation => "hashfleet/v1/rotation",
+            Domain::KeyAnnouncement => "hashfleet/v1/key-announcement",
         }
     }
 }

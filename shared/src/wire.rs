@@ -29,6 +29,10 @@ pub enum SentryMessage {
     Heartbeat(SignedHeartbeat),
     /// The signed outcome of an [`ActionRequest`] (see [`crate::action`]).
     ActionResult(SignedActionResult),
+    /// Move this sentry to a new node key (see [`crate::rotation`]).
+    RotateKey(SignedRotation),
+    /// Bind a new wallet to this sentry (see [`crate::rotation`]).
+    BindWallet(WalletBinding),
 }
 
 /// Everything a commander sends to a sentry.
@@ -42,6 +46,14 @@ pub enum CommanderMessage {
     Nack(Nack),
     /// An approved action for this sentry to execute (see [`crate::action`]).
     Action(SignedAction),
+    /// An operator asked this sentry to rotate its node key now.
+    RotateRequest(RotateRequest),
+    /// The outcome of the sentry's `RotateKey`.
+    Rotated(RotationOutcome),
+    /// The outcome of the sentry's `BindWallet`.
+    WalletBound(WalletOutcome),
+    /// The commander has a new key (see [`crate::rotation`]).
+    KeyAnnouncement(SignedKeyAnnouncement),
 }
 
 /// What kind of sentry is speaking.
@@ -127,6 +139,8 @@ pub enum RejectCode {
     IdentityMismatch,
     Malformed,
     Unavailable,
+    /// The node key was rotated away and its grace window is over.
+    KeyRotated,
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -306,4 +320,85 @@ pub struct TargetOutcome {
     pub ok: bool,
     /// JSON text when `ok`, an error message for people otherwise.
     pub detail: String,
+}
+
+/// A node key rotation as sent: the encoded [`RotationRequest`], signed
+/// under the `rotation` domain by **both** the old (current) and the new
+/// node key. Verified over these exact bytes.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct SignedRotation {
+    pub payload: Vec<u8>,
+    pub old_signature: [u8; 64],
+    pub new_signature: [u8; 64],
+}
+
+/// What a sentry asks when it rotates (inside `SignedRotation.payload`).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct RotationRequest {
+    /// The sentry id from this session's `Welcome`.
+    pub sentry_id: u64,
+    /// The key of this session: the one being retired.
+    pub old_node_id: NodeId,
+    pub new_node_id: NodeId,
+    /// The sentry's last assigned heartbeat seq when it asked.
+    pub seq: u64,
+    /// This session's `Challenge.nonce`: binds the request to one session.
+    pub session_nonce: [u8; 32],
+    pub ts_ms: u64,
+}
+
+/// Commander → sentry: rotate now (an operator asked for it).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct RotateRequest {
+    /// Why, for the sentry's log.
+    pub reason: String,
+}
+
+/// The commander's answer to a `RotateKey`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct RotationOutcome {
+    /// The key the request named.
+    pub new_node_id: NodeId,
+    /// True: the sentry is bound to `new_node_id` (also when it already was).
+    pub accepted: bool,
+    /// Why not, when refused: what was wrong and what to do.
+    pub message: String,
+}
+
+/// Sentry → commander: bind this wallet. `signature` is the wallet key's
+/// EIP-191 signature over [`crate::rotation::wallet_binding_message`] of the
+/// session's node id and `Challenge.nonce`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct WalletBinding {
+    pub wallet_address: WalletAddress,
+    pub signature: [u8; 65],
+}
+
+/// The commander's answer to a `BindWallet`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct WalletOutcome {
+    pub wallet_address: WalletAddress,
+    pub accepted: bool,
+    pub message: String,
+}
+
+/// A commander key announcement as sent: the encoded [`KeyAnnouncement`],
+/// signed under the `key-announcement` domain by the old (serving) key and
+/// by the new key (which proves it is held).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct SignedKeyAnnouncement {
+    pub payload: Vec<u8>,
+    pub old_signature: [u8; 64],
+    pub new_signature: [u8; 64],
+}
+
+/// Inside `SignedKeyAnnouncement.payload`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct KeyAnnouncement {
+    pub old_key: NodeId,
+    pub new_key: NodeId,
+    pub announced_at_ms: u64,
+    /// From this moment the commander serves `new_key` and sentries drop
+    /// `old_key` from their pins.
+    pub switch_at_ms: u64,
 }

@@ -23,6 +23,7 @@ use hashfleet_shared::action;
 use hashfleet_shared::codec::{self, FrameDecoder, MAX_FRAME_LEN};
 use hashfleet_shared::handshake::{self, CommanderHandshake};
 use hashfleet_shared::heartbeat;
+use hashfleet_shared::rotation;
 use hashfleet_shared::sign::{self, Domain};
 use hashfleet_shared::wire::*;
 use hashfleet_shared::{NodeId, NodeKey, WalletKey};
@@ -45,6 +46,39 @@ fn commander_key() -> NodeKey {
 
 fn sentry_id() -> NodeId {
     sentry_key().node_id()
+}
+
+/// The keys after a rotation.
+fn next_sentry_key() -> NodeKey {
+    NodeKey::from_seed(&[7u8; 32])
+}
+
+fn next_wallet() -> WalletKey {
+    WalletKey::from_bytes(&[8u8; 32]).expect("[8; 32] is a valid secp256k1 scalar")
+}
+
+fn next_commander_key() -> NodeKey {
+    NodeKey::from_seed(&[9u8; 32])
+}
+
+fn rotation_request() -> RotationRequest {
+    RotationRequest {
+        sentry_id: 7,
+        old_node_id: sentry_id(),
+        new_node_id: next_sentry_key().node_id(),
+        seq: 4_294_967_296,
+        session_nonce: CHALLENGE_NONCE,
+        ts_ms: T0_MS,
+    }
+}
+
+fn key_announcement() -> KeyAnnouncement {
+    KeyAnnouncement {
+        old_key: commander_key().node_id(),
+        new_key: next_commander_key().node_id(),
+        announced_at_ms: T0_MS,
+        switch_at_ms: T0_MS + 86_400_000,
+    }
 }
 
 /// The sentry's `Hello.nonce`.
@@ -233,6 +267,7 @@ fn reject_text(code: RejectCode) -> &'static str {
         RejectCode::IdentityMismatch => "hello names another node than TLS authenticated",
         RejectCode::Malformed => "more than 32 labels",
         RejectCode::Unavailable => "the commander is shutting down: retry later",
+        RejectCode::KeyRotated => "this node key was rotated away and its grace window is over",
     }
 }
 
@@ -389,6 +424,54 @@ fn fixtures() -> Vec<(String, Golden)> {
         Golden::ActionRequest(action_request()),
     ));
     out.push((
+        "sentry_rotate_key".into(),
+        Sentry(S::RotateKey(
+            rotation::seal_rotation(&sentry_key(), &next_sentry_key(), &rotation_request())
+                .expect("seal"),
+        )),
+    ));
+    out.push((
+        "sentry_bind_wallet".into(),
+        Sentry(S::BindWallet(rotation::bind_wallet(
+            &next_wallet(),
+            &sentry_id(),
+            &CHALLENGE_NONCE,
+        ))),
+    ));
+    out.push((
+        "commander_rotate_request".into(),
+        Commander(C::RotateRequest(RotateRequest {
+            reason: "an operator asked for a rotation".into(),
+        })),
+    ));
+    out.push((
+        "commander_rotated".into(),
+        Commander(C::Rotated(RotationOutcome {
+            new_node_id: next_sentry_key().node_id(),
+            accepted: true,
+            message: String::new(),
+        })),
+    ));
+    out.push((
+        "commander_wallet_bound".into(),
+        Commander(C::WalletBound(WalletOutcome {
+            wallet_address: next_wallet().address(),
+            accepted: false,
+            message: "the wallet signature does not verify".into(),
+        })),
+    ));
+    out.push((
+        "commander_key_announcement".into(),
+        Commander(C::KeyAnnouncement(
+            rotation::seal_announcement(
+                &commander_key(),
+                &next_commander_key(),
+                &key_announcement(),
+            )
+            .expect("seal"),
+        )),
+    ));
+    out.push((
         "action_result_body".into(),
         Golden::ActionResultBody(action_result_body(true)),
     ));
@@ -406,9 +489,18 @@ fn sentry_variant_name(msg: &SentryMessage) -> &'static str {
         SentryMessage::Proof(_) => "Proof",
         SentryMessage::Heartbeat(_) => "Heartbeat",
         SentryMessage::ActionResult(_) => "ActionResult",
+        SentryMessage::RotateKey(_) => "RotateKey",
+        SentryMessage::BindWallet(_) => "BindWallet",
     }
 }
-const ALL_SENTRY_VARIANTS: [&str; 4] = ["Hello", "Proof", "Heartbeat", "ActionResult"];
+const ALL_SENTRY_VARIANTS: [&str; 6] = [
+    "Hello",
+    "Proof",
+    "Heartbeat",
+    "ActionResult",
+    "RotateKey",
+    "BindWallet",
+];
 
 fn commander_variant_name(msg: &CommanderMessage) -> &'static str {
     match msg {
@@ -419,9 +511,13 @@ fn commander_variant_name(msg: &CommanderMessage) -> &'static str {
         CommanderMessage::Ack(_) => "Ack",
         CommanderMessage::Nack(_) => "Nack",
         CommanderMessage::Action(_) => "Action",
+        CommanderMessage::RotateRequest(_) => "RotateRequest",
+        CommanderMessage::Rotated(_) => "Rotated",
+        CommanderMessage::WalletBound(_) => "WalletBound",
+        CommanderMessage::KeyAnnouncement(_) => "KeyAnnouncement",
     }
 }
-const ALL_COMMANDER_VARIANTS: [&str; 7] = [
+const ALL_COMMANDER_VARIANTS: [&str; 11] = [
     "Challenge",
     "Welcome",
     "Reject",
@@ -429,6 +525,10 @@ const ALL_COMMANDER_VARIANTS: [&str; 7] = [
     "Ack",
     "Nack",
     "Action",
+    "RotateRequest",
+    "Rotated",
+    "WalletBound",
+    "KeyAnnouncement",
 ];
 
 fn reject_code_name(code: RejectCode) -> &'static str {
@@ -441,9 +541,10 @@ fn reject_code_name(code: RejectCode) -> &'static str {
         RejectCode::IdentityMismatch => "IdentityMismatch",
         RejectCode::Malformed => "Malformed",
         RejectCode::Unavailable => "Unavailable",
+        RejectCode::KeyRotated => "KeyRotated",
     }
 }
-const ALL_REJECT_CODES: [RejectCode; 8] = [
+const ALL_REJECT_CODES: [RejectCode; 9] = [
     RejectCode::VersionMismatch,
     RejectCode::Revoked,
     RejectCode::EnrollTokenInvalid,
@@ -452,6 +553,7 @@ const ALL_REJECT_CODES: [RejectCode; 8] = [
     RejectCode::IdentityMismatch,
     RejectCode::Malformed,
     RejectCode::Unavailable,
+    RejectCode::KeyRotated,
 ];
 
 fn nack_reason_name(reason: NackReason) -> &'static str {
@@ -540,7 +642,10 @@ fn fixtures_cover_every_variant_and_enum_value() {
                         let body: ActionResultBody = codec::decode(&signed.payload).unwrap();
                         covered_in_result(&body, &mut seen);
                     }
-                    SentryMessage::Proof(_) => {}
+                    SentryMessage::RotateKey(signed) => {
+                        let _: RotationRequest = codec::decode(&signed.payload).unwrap();
+                    }
+                    SentryMessage::Proof(_) | SentryMessage::BindWallet(_) => {}
                 }
             }
             Golden::Commander(msg) => {
@@ -564,7 +669,14 @@ fn fixtures_cover_every_variant_and_enum_value() {
                     CommanderMessage::Action(signed) => {
                         let _: ActionRequest = codec::decode(&signed.payload).unwrap();
                     }
-                    CommanderMessage::Challenge(_) | CommanderMessage::Ack(_) => {}
+                    CommanderMessage::KeyAnnouncement(signed) => {
+                        let _: KeyAnnouncement = codec::decode(&signed.payload).unwrap();
+                    }
+                    CommanderMessage::Challenge(_)
+                    | CommanderMessage::Ack(_)
+                    | CommanderMessage::RotateRequest(_)
+                    | CommanderMessage::Rotated(_)
+                    | CommanderMessage::WalletBound(_) => {}
                 }
             }
             Golden::Heartbeat(hb) => {
@@ -782,6 +894,23 @@ fn golden_signatures_verify() {
         action::open_action(&[commander], &sentry, &signed, T0_MS + 3_600_000),
         Err(action::ActionRefusal::Expired { .. })
     ));
+    // The golden rotation opens on the golden sentry's session; the golden
+    // wallet binding and commander key announcement verify.
+    let signed =
+        rotation::seal_rotation(&sentry_key(), &next_sentry_key(), &rotation_request()).unwrap();
+    assert_eq!(
+        rotation::open_rotation(&signed, &sentry, 7, &CHALLENGE_NONCE).unwrap(),
+        rotation_request()
+    );
+    let binding = rotation::bind_wallet(&next_wallet(), &sentry, &CHALLENGE_NONCE);
+    rotation::check_wallet_binding(&binding, &sentry, &CHALLENGE_NONCE).unwrap();
+    let signed =
+        rotation::seal_announcement(&commander_key(), &next_commander_key(), &key_announcement())
+            .unwrap();
+    assert_eq!(
+        rotation::open_announcement(&signed, &commander).unwrap(),
+        key_announcement()
+    );
     // The golden result opens for the golden sentry.
     let signed = action::seal_result(&sentry_key(), &action_result_body(false)).unwrap();
     assert_eq!(

@@ -124,6 +124,7 @@ fn reject_code() -> impl Strategy<Value = RejectCode> {
         Just(RejectCode::IdentityMismatch),
         Just(RejectCode::Malformed),
         Just(RejectCode::Unavailable),
+        Just(RejectCode::KeyRotated),
     ]
 }
 
@@ -322,12 +323,77 @@ fn signed_action_result() -> impl Strategy<Value = SignedActionResult> {
         .prop_map(|(payload, signature)| SignedActionResult { payload, signature })
 }
 
+fn rotation_request() -> impl Strategy<Value = RotationRequest> {
+    (
+        any::<u64>(),
+        node_id(),
+        node_id(),
+        any::<u64>(),
+        byte_array::<32>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(sentry_id, old_node_id, new_node_id, seq, session_nonce, ts_ms)| RotationRequest {
+                sentry_id,
+                old_node_id,
+                new_node_id,
+                seq,
+                session_nonce,
+                ts_ms,
+            },
+        )
+}
+
+/// A signed rotation whose payload is a real encoded request or any bytes.
+fn signed_rotation() -> impl Strategy<Value = SignedRotation> {
+    let payload = prop_oneof![
+        rotation_request().prop_map(|r| codec::encode(&r).expect("a rotation encodes")),
+        vec(any::<u8>(), 0..256),
+    ];
+    (payload, byte_array::<64>(), byte_array::<64>()).prop_map(
+        |(payload, old_signature, new_signature)| SignedRotation {
+            payload,
+            old_signature,
+            new_signature,
+        },
+    )
+}
+
+fn signed_announcement() -> impl Strategy<Value = SignedKeyAnnouncement> {
+    let payload = prop_oneof![
+        (node_id(), node_id(), any::<u64>(), any::<u64>()).prop_map(
+            |(old_key, new_key, announced_at_ms, switch_at_ms)| codec::encode(&KeyAnnouncement {
+                old_key,
+                new_key,
+                announced_at_ms,
+                switch_at_ms,
+            })
+            .expect("an announcement encodes")
+        ),
+        vec(any::<u8>(), 0..256),
+    ];
+    (payload, byte_array::<64>(), byte_array::<64>()).prop_map(
+        |(payload, old_signature, new_signature)| SignedKeyAnnouncement {
+            payload,
+            old_signature,
+            new_signature,
+        },
+    )
+}
+
 fn sentry_message() -> impl Strategy<Value = SentryMessage> {
     prop_oneof![
         hello().prop_map(SentryMessage::Hello),
         byte_array::<64>().prop_map(|signature| SentryMessage::Proof(Proof { signature })),
         signed_heartbeat().prop_map(SentryMessage::Heartbeat),
         signed_action_result().prop_map(SentryMessage::ActionResult),
+        signed_rotation().prop_map(SentryMessage::RotateKey),
+        (wallet_address(), byte_array::<65>()).prop_map(|(wallet_address, signature)| {
+            SentryMessage::BindWallet(WalletBinding {
+                wallet_address,
+                signature,
+            })
+        }),
     ]
 }
 
@@ -355,6 +421,24 @@ fn commander_message() -> impl Strategy<Value = CommanderMessage> {
             })
         }),
         signed_action().prop_map(CommanderMessage::Action),
+        text(80).prop_map(|reason| CommanderMessage::RotateRequest(RotateRequest { reason })),
+        (node_id(), any::<bool>(), text(80)).prop_map(|(new_node_id, accepted, message)| {
+            CommanderMessage::Rotated(RotationOutcome {
+                new_node_id,
+                accepted,
+                message,
+            })
+        }),
+        (wallet_address(), any::<bool>(), text(80)).prop_map(
+            |(wallet_address, accepted, message)| {
+                CommanderMessage::WalletBound(WalletOutcome {
+                    wallet_address,
+                    accepted,
+                    message,
+                })
+            }
+        ),
+        signed_announcement().prop_map(CommanderMessage::KeyAnnouncement),
     ]
 }
 
@@ -833,13 +917,13 @@ fn a_huge_frame_prefix_is_refused_before_buffering() {
 #[test]
 fn unknown_variants_and_bad_values_are_errors() {
     // Variant indexes past the end of each v1 enum.
-    assert!(codec::decode::<SentryMessage>(&[0x04]).is_err());
-    assert!(codec::decode::<CommanderMessage>(&[0x07]).is_err());
+    assert!(codec::decode::<SentryMessage>(&[0x06]).is_err());
+    assert!(codec::decode::<CommanderMessage>(&[0x0b]).is_err());
     // The last variants with nothing behind them.
-    assert!(codec::decode::<SentryMessage>(&[0x03]).is_err());
-    assert!(codec::decode::<CommanderMessage>(&[0x06]).is_err());
-    // Reject with RejectCode 8, Nack with NackReason 6, StatusUpdate 2.
-    assert!(codec::decode::<CommanderMessage>(&[0x02, 0x08, 0x00]).is_err());
+    assert!(codec::decode::<SentryMessage>(&[0x05]).is_err());
+    assert!(codec::decode::<CommanderMessage>(&[0x0a]).is_err());
+    // Reject with RejectCode 9, Nack with NackReason 6, StatusUpdate 2.
+    assert!(codec::decode::<CommanderMessage>(&[0x02, 0x09, 0x00]).is_err());
     assert!(codec::decode::<CommanderMessage>(&[0x05, 0x01, 0x06, 0x00]).is_err());
     assert!(codec::decode::<CommanderMessage>(&[0x03, 0x02]).is_err());
     // Option tag 2, invalid UTF-8 in a string.

@@ -82,7 +82,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     issued_at_ms: now_ms(),
                     expires_at_ms: item.action.expires_ms,
                 };
-                let signed = match seal_action(&app.identity.node, &request) {
+                let signed = match seal_action(&app.identity.current().node, &request) {
                     Ok(s) => s,
                     Err(e) => {
                         warn!(action = %item.action.id, "cannot seal the request: {e}");

@@ -21,8 +21,15 @@ pub fn sentry_id_text(id: u64) -> String {
 pub struct SentryDto {
     pub sentry_id: String,
     pub node_id: String,
+    /// Earlier node ids, oldest first.
     pub node_id_history: Vec<String>,
+    /// Every node key rotation, oldest first.
+    pub rotations: Vec<RotationDto>,
+    /// An operator asked for a rotation that has not happened yet.
+    pub rotate_requested: bool,
     pub wallet_address: String,
+    /// Earlier wallets, oldest first.
+    pub wallet_history: Vec<String>,
     pub kind: String,
     pub status: String,
     pub agent_version: String,
@@ -32,6 +39,16 @@ pub struct SentryDto {
     pub last_seq: u64,
     pub heartbeats: u64,
     pub connected: bool,
+}
+
+/// One node key rotation.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RotationDto {
+    pub old_node_id: String,
+    pub new_node_id: String,
+    pub at: String,
+    /// The sentry's last assigned heartbeat seq when it rotated.
+    pub at_seq: u64,
 }
 
 impl SentryDto {
@@ -44,7 +61,23 @@ impl SentryDto {
                 .iter()
                 .map(|k| NodeId::from_public_key(*k).to_string())
                 .collect(),
+            rotations: r
+                .rotations
+                .iter()
+                .map(|x| RotationDto {
+                    old_node_id: NodeId::from_public_key(x.old_key).to_string(),
+                    new_node_id: NodeId::from_public_key(x.new_key).to_string(),
+                    at: rfc3339_ms(x.at_ms),
+                    at_seq: x.at_seq,
+                })
+                .collect(),
+            rotate_requested: r.rotate_requested_ms.is_some(),
             wallet_address: WalletAddress(r.wallet_address).to_string(),
+            wallet_history: r
+                .wallet_changes
+                .iter()
+                .map(|c| WalletAddress(c.old_wallet).to_string())
+                .collect(),
             kind: r.kind.clone(),
             status: r.state.as_str().to_string(),
             agent_version: r.agent_version.clone(),

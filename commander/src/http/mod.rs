@@ -16,7 +16,7 @@
 //! | `GET /auth/me`, `POST/GET /tokens`, `DELETE /tokens/{id}` | a valid token (own tokens; admins: any) |
 //! | `POST/GET /users`, `DELETE /users/{name}` | admin |
 //! | `GET /sentries`, `GET /sentries/{id}`, `GET /sentries/{id}/heartbeats` | `sentry:r` |
-//! | `POST /sentries/{id}/approve`, `POST /sentries/{id}/revoke` | `sentry:w` |
+//! | `POST /sentries/{id}/approve`, `POST /sentries/{id}/revoke`, `POST /sentries/{id}/rotate` | `sentry:w` |
 //! | `POST /enrollment-tokens` | `token:w` |
 //! | `POST /devices/query`, `GET /devices/export.csv` | `:r` on a device type; results hold only readable types |
 //! | `GET /devices/{id}`, `…/history`, `…/history.csv` | `:r` on the device's type |
@@ -92,6 +92,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/sentries/{id}/revoke",
             post(sentries::revoke).route_layer(need!(Permission("sentry", Write))),
+        )
+        .route(
+            "/sentries/{id}/rotate",
+            post(sentries::rotate).route_layer(need!(Permission("sentry", Write))),
         )
         .route(
             "/sentries/{id}/heartbeats",

@@ -155,6 +155,35 @@ pub async fn revoke(
     .await?
 }
 
+/// Marks a sentry to rotate its node key at its next contact (at once when
+/// it is connected). A revoked sentry cannot rotate.
+pub async fn rotate(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<SentryDto>, ApiError> {
+    let id = parse_id(&id)?;
+    tokio::task::spawn_blocking(move || {
+        let mut record = load(&app, id)?;
+        if record.state == SentryState::Revoked {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "ERR_SENTRY_REVOKED",
+                "a revoked sentry cannot rotate: revocation is final; it re-enrolls with a new identity and token",
+            ));
+        }
+        if record.rotate_requested_ms.is_none() {
+            record.rotate_requested_ms = Some(now_ms());
+            app.store.put_sentry(&record)?;
+        }
+        let told = app
+            .sessions
+            .tell(&NodeId::from_public_key(record.node_key), Control::Rotate);
+        info!(sentry_id = format!("{id:016x}"), connected = told, "node key rotation requested");
+        dto(&app, &record).map(Json)
+    })
+    .await?
+}
+
 pub async fn heartbeats(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

@@ -55,17 +55,24 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+/// The server side of QUIC for the commander key `key` (also used to
+/// switch a running endpoint to a rotated key).
+pub fn server_config(key: &NodeKey, revoked: RevokedKeys) -> anyhow::Result<quinn::ServerConfig> {
+    let tls = tls::server_config(key, Arc::new(revoked))?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(Arc::new(transport_config()));
+    Ok(server)
+}
+
 /// Binds the QUIC endpoint.
 pub fn bind(
     key: &NodeKey,
     revoked: RevokedKeys,
     addr: SocketAddr,
 ) -> anyhow::Result<quinn::Endpoint> {
-    let tls = tls::server_config(key, Arc::new(revoked))?;
-    let quic = QuicServerConfig::try_from(tls)
-        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(transport_config()));
+    let server = server_config(key, revoked)?;
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(key)));
     let cid_key = cid_key(key);
     endpoint_config.cid_generator(move || {

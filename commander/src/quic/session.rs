@@ -13,11 +13,13 @@ use hashfleet_agent::session::peer_node;
 use hashfleet_shared::handshake::{check_proof, make_challenge, CommanderHandshake};
 use hashfleet_shared::heartbeat;
 use hashfleet_shared::liveness::HANDSHAKE_TIMEOUT;
+use hashfleet_shared::rotation;
 use hashfleet_shared::wire::{
-    Ack, CommanderMessage, Hello, Nack, NackReason, Reject, RejectCode, SentryMessage,
-    SentryStatus, SignedHeartbeat, StatusUpdate, Welcome, EXPORTER_LABEL,
+    Ack, CommanderMessage, Hello, Nack, NackReason, Reject, RejectCode, RotateRequest,
+    RotationOutcome, RotationRequest, SentryMessage, SentryStatus, SignedHeartbeat, SignedRotation,
+    StatusUpdate, WalletBinding, WalletOutcome, Welcome, EXPORTER_LABEL,
 };
-use hashfleet_shared::{codec, now_ms, random_bytes, NodeId};
+use hashfleet_shared::{codec, now_ms, random_bytes, NodeId, WalletAddress};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -25,6 +27,7 @@ use crate::app::App;
 use crate::convert::heartbeat_record;
 use crate::enroll::{self, Admitted};
 use crate::ingest::{Acked, IngestItem};
+use crate::rotation::Rotated;
 use crate::sessions::{close, Control};
 
 /// Messages a session may queue for its writer before the reader waits.
@@ -96,6 +99,9 @@ pub async fn serve(
 struct Established {
     peer: NodeId,
     exporter: [u8; 32],
+    /// The `Challenge.nonce` of the handshake: rotations and wallet
+    /// bindings are signed over it, so they are valid on this session only.
+    session_nonce: [u8; 32],
     hello: Hello,
     admitted: Admitted,
     tx: FramedSend,
@@ -141,12 +147,13 @@ async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Establish
         }
         Err(e) => return Err(Failure::plain("protocol_error", e.to_string())),
     };
+    let session_nonce: [u8; 32] = random_bytes();
     let (pending, challenge) = match CommanderHandshake::on_hello(
         hello,
         &peer,
         exporter,
-        &app.identity.node,
-        random_bytes(),
+        &app.identity.current().node,
+        session_nonce,
     ) {
         Ok(v) => v,
         Err(reject) => {
@@ -177,10 +184,12 @@ async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Establish
     };
     let store = app.store.clone();
     let hello2 = hello.clone();
-    let admitted =
-        tokio::task::spawn_blocking(move || enroll::admit(store.as_ref(), &hello2, now_ms()))
-            .await
-            .map_err(|e| Failure::plain("store_error", e.to_string()))?;
+    let grace = app.config.rotation_grace;
+    let admitted = tokio::task::spawn_blocking(move || {
+        enroll::admit(store.as_ref(), &hello2, now_ms(), grace)
+    })
+    .await
+    .map_err(|e| Failure::plain("store_error", e.to_string()))?;
     let admitted = match admitted {
         Ok(Ok(a)) => a,
         Ok(Err(reject)) => {
@@ -209,6 +218,7 @@ async fn handshake(app: &Arc<App>, conn: &quinn::Connection) -> Result<Establish
     Ok(Established {
         peer,
         exporter,
+        session_nonce,
         hello,
         admitted,
         tx,
@@ -227,6 +237,7 @@ async fn run(
     let Established {
         peer,
         exporter,
+        session_nonce,
         hello,
         admitted,
         mut tx,
@@ -248,6 +259,44 @@ async fn run(
     }))
     .await
     .map_err(|e| e.to_string())?;
+
+    // Say what this session should know at once: a rotation an operator
+    // asked for, and the commander's next key.
+    let record = &admitted.record;
+    if admitted.unbound_wallet {
+        info!(%peer, bound = %WalletAddress(record.wallet_address), "the sentry names another wallet than the bound one; the bound wallet stays until a BindWallet");
+    }
+    if record.rotate_requested_ms.is_some() && !admitted.retired_key {
+        tx.send(&rotate_request())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(signed) = app.announcement.get() {
+        tx.send(&CommanderMessage::KeyAnnouncement(signed))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // A retired key's session ends with its grace window.
+    let retired_until = admitted
+        .retired_key
+        .then(|| {
+            record.retired(peer.public_key()).map(|r| {
+                r.at_ms
+                    .saturating_add(app.config.rotation_grace.as_millis() as u64)
+            })
+        })
+        .flatten()
+        .map(|until_ms| {
+            tokio::time::Instant::now()
+                + std::time::Duration::from_millis(until_ms.saturating_sub(now_ms()))
+        });
+    let retired_timer = async {
+        match retired_until {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(retired_timer);
 
     let (acked_tx, acked_rx) = watch::channel(Acked::Upto(last_seq));
     let acked_tx = Arc::new(acked_tx);
@@ -307,6 +356,18 @@ async fn run(
                     SentryMessage::ActionResult(signed) => {
                         record_action_result(app, &peer, sentry_id, &signed).await;
                     }
+                    SentryMessage::RotateKey(signed) => {
+                        let outcome = rotate_key(app, &peer, sentry_id, &session_nonce, &signed).await;
+                        if out_tx.send(CommanderMessage::Rotated(outcome)).await.is_err() {
+                            break Err("writer stopped".into());
+                        }
+                    }
+                    SentryMessage::BindWallet(binding) => {
+                        let outcome = bind_wallet(app, &peer, sentry_id, &session_nonce, admitted.retired_key, &binding).await;
+                        if out_tx.send(CommanderMessage::WalletBound(outcome)).await.is_err() {
+                            break Err("writer stopped".into());
+                        }
+                    }
                 }
             }
             c = control.recv() => match c {
@@ -316,6 +377,16 @@ async fn run(
                 }
                 Some(Control::Action(signed)) => {
                     if out_tx.send(CommanderMessage::Action(*signed)).await.is_err() {
+                        break Err("writer stopped".into());
+                    }
+                }
+                Some(Control::Rotate) => {
+                    if out_tx.send(rotate_request()).await.is_err() {
+                        break Err("writer stopped".into());
+                    }
+                }
+                Some(Control::Announce(signed)) => {
+                    if out_tx.send(CommanderMessage::KeyAnnouncement(*signed)).await.is_err() {
                         break Err("writer stopped".into());
                     }
                 }
@@ -335,11 +406,15 @@ async fn run(
                     break Err("challenge not answered in time".into());
                 }
                 let nonce = random_bytes();
-                let challenge = make_challenge(&app.identity.node, &hello.nonce, &exporter, &peer, nonce);
+                let challenge = make_challenge(&app.identity.current().node, &hello.nonce, &exporter, &peer, nonce);
                 outstanding = Some(nonce);
                 if out_tx.send(CommanderMessage::Challenge(challenge)).await.is_err() {
                     break Err("writer stopped".into());
                 }
+            }
+            _ = &mut retired_timer => {
+                conn.close(close::KEY_ROTATED.into(), b"this node key was rotated away and its grace window is over");
+                break Err("the retired key's grace window ended".into());
             }
             _ = hashfleet_agent::runtime::until_stopped(&mut stop) => {
                 conn.close(close::SHUTDOWN.into(), b"commander shutting down");
@@ -350,6 +425,110 @@ async fn run(
     drop(out_tx);
     writer.abort();
     result
+}
+
+fn rotate_request() -> CommanderMessage {
+    CommanderMessage::RotateRequest(RotateRequest {
+        reason: "an operator asked this sentry to rotate its node key".into(),
+    })
+}
+
+/// Checks a rotation (both signatures, this session) and applies it.
+async fn rotate_key(
+    app: &Arc<App>,
+    peer: &NodeId,
+    sentry_id: u64,
+    session_nonce: &[u8; 32],
+    signed: &SignedRotation,
+) -> RotationOutcome {
+    let request = match rotation::open_rotation(signed, peer, sentry_id, session_nonce) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(%peer, "rotation refused: {e}");
+            app.metrics.rotation("refused");
+            let named = codec::decode::<RotationRequest>(&signed.payload)
+                .map(|r| r.new_node_id)
+                .unwrap_or(*peer);
+            return RotationOutcome {
+                new_node_id: named,
+                accepted: false,
+                message: format!("rotation refused: {e}"),
+            };
+        }
+    };
+    let store = app.store.clone();
+    let req = request.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        crate::rotation::rotate(store.as_ref(), sentry_id, &req, now_ms())
+    })
+    .await;
+    let rotated = match done {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Rotated::Refused(format!(
+            "the commander cannot write its store ({e}): try again later"
+        )),
+        Err(e) => Rotated::Refused(format!("the commander failed ({e}): try again later")),
+    };
+    match &rotated {
+        Rotated::Done => {
+            app.metrics.rotation("done");
+            info!(sentry_id = format!("{sentry_id:016x}"), old = %peer, new = %request.new_node_id, seq = request.seq, "sentry rotated its node key");
+        }
+        Rotated::Already => {
+            app.metrics.rotation("already");
+            info!(sentry_id = format!("{sentry_id:016x}"), new = %request.new_node_id, "rotation repeated: already done");
+        }
+        Rotated::Refused(m) => {
+            app.metrics.rotation("refused");
+            warn!(
+                sentry_id = format!("{sentry_id:016x}"),
+                "rotation refused: {m}"
+            );
+        }
+    }
+    rotated.outcome(request.new_node_id)
+}
+
+/// Checks a wallet binding (the wallet's signature over this session's
+/// node and nonce) and applies it.
+async fn bind_wallet(
+    app: &Arc<App>,
+    peer: &NodeId,
+    sentry_id: u64,
+    session_nonce: &[u8; 32],
+    retired_key: bool,
+    binding: &WalletBinding,
+) -> WalletOutcome {
+    let refuse = |message: String| WalletOutcome {
+        wallet_address: binding.wallet_address,
+        accepted: false,
+        message,
+    };
+    if retired_key {
+        return refuse("this session's node key was rotated away: bind the wallet from a session of the current key".into());
+    }
+    if let Err(e) = rotation::check_wallet_binding(binding, peer, session_nonce) {
+        warn!(%peer, "wallet binding refused: {e}");
+        return refuse(format!("wallet binding refused: {e}"));
+    }
+    let store = app.store.clone();
+    let b = binding.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        crate::rotation::bind_wallet(store.as_ref(), sentry_id, &b, now_ms())
+    })
+    .await;
+    match done {
+        Ok(Ok(outcome)) => {
+            if outcome.accepted {
+                info!(sentry_id = format!("{sentry_id:016x}"), wallet = %outcome.wallet_address, "wallet bound");
+            }
+            outcome
+        }
+        Ok(Err(e)) => refuse(format!(
+            "the commander cannot write its store ({e}): try again later"
+        )),
+        Err(e) => refuse(format!("the commander failed ({e}): try again later")),
+    }
 }
 
 /// A Nack for a refused heartbeat, naming its seq when it can be read.

@@ -18,7 +18,8 @@ use hashfleet_shared::NodeId;
 
 pub use records::{
     AlertRecord, ApiTokenKind, ApiTokenRecord, DeviceRecord, DeviceStateRecord, HeartbeatRecord,
-    ProgressRecord, RollupRecord, SentryRecord, SentryState, TokenRecord, UserRecord,
+    ProgressRecord, RollupRecord, RotationEntry, SentryRecord, SentryState, TokenRecord,
+    UserRecord, WalletChange,
 };
 
 use crate::fleet::rollup::Resolution;

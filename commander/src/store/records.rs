@@ -32,7 +32,9 @@ impl SentryState {
     }
 }
 
-/// A sentry as enrolled. Written rarely (enrollment, approval, revocation).
+/// A sentry as enrolled. Written rarely (enrollment, approval, revocation,
+/// rotation). Stored as schema version [`SENTRY_SCHEMA_VERSION`]; version 1
+/// records (before rotation) are read and migrated.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct SentryRecord {
     pub sentry_id: u64,
@@ -47,6 +49,110 @@ pub struct SentryRecord {
     pub state: SentryState,
     pub created_ms: u64,
     pub state_changed_ms: u64,
+    /// Every node key rotation, oldest first.
+    pub rotations: Vec<RotationEntry>,
+    /// When an operator asked this sentry to rotate (cleared by the rotation).
+    pub rotate_requested_ms: Option<u64>,
+    /// Every wallet binding change, oldest first.
+    pub wallet_changes: Vec<WalletChange>,
+}
+
+/// One node key rotation of a sentry.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RotationEntry {
+    pub old_key: [u8; 32],
+    pub new_key: [u8; 32],
+    pub at_ms: u64,
+    /// The sentry's last assigned seq when it rotated.
+    pub at_seq: u64,
+}
+
+/// One wallet re-binding of a sentry.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WalletChange {
+    pub old_wallet: [u8; 20],
+    pub new_wallet: [u8; 20],
+    pub at_ms: u64,
+}
+
+impl SentryRecord {
+    /// The rotation that retired `key`, if `key` is one of the earlier keys.
+    pub fn retired(&self, key: &[u8; 32]) -> Option<&RotationEntry> {
+        self.rotations.iter().rev().find(|r| &r.old_key == key)
+    }
+
+    /// Every node key this sentry has held, current last.
+    pub fn all_keys(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.previous_node_keys
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.node_key))
+    }
+}
+
+/// The sentry record of schema version 1 (before rotation was built).
+#[derive(Encode, Decode)]
+struct SentryRecordV1 {
+    sentry_id: u64,
+    node_key: [u8; 32],
+    previous_node_keys: Vec<[u8; 32]>,
+    wallet_address: [u8; 20],
+    kind: String,
+    agent_version: String,
+    labels: BTreeMap<String, String>,
+    state: SentryState,
+    created_ms: u64,
+    state_changed_ms: u64,
+}
+
+/// Schema version of sentry records in this release.
+pub const SENTRY_SCHEMA_VERSION: u8 = 2;
+
+pub fn encode_sentry(record: &SentryRecord) -> Vec<u8> {
+    let mut out = vec![SENTRY_SCHEMA_VERSION];
+    bincode::encode_into_std_write(record, &mut out, config())
+        .expect("encoding to a Vec cannot fail");
+    out
+}
+
+/// Reads a sentry record of version 2, or of version 1 (migrated).
+pub fn decode_sentry(tree: &'static str, bytes: &[u8]) -> Result<SentryRecord, StoreError> {
+    let corrupt = |e: bincode::error::DecodeError| StoreError::Corrupt {
+        tree,
+        reason: e.to_string(),
+    };
+    match bytes.split_first() {
+        Some((&SENTRY_SCHEMA_VERSION, rest)) => bincode::decode_from_slice(rest, config())
+            .map(|(r, _)| r)
+            .map_err(corrupt),
+        Some((1, rest)) => {
+            let (v1, _): (SentryRecordV1, _) =
+                bincode::decode_from_slice(rest, config()).map_err(corrupt)?;
+            Ok(SentryRecord {
+                sentry_id: v1.sentry_id,
+                node_key: v1.node_key,
+                previous_node_keys: v1.previous_node_keys,
+                wallet_address: v1.wallet_address,
+                kind: v1.kind,
+                agent_version: v1.agent_version,
+                labels: v1.labels,
+                state: v1.state,
+                created_ms: v1.created_ms,
+                state_changed_ms: v1.state_changed_ms,
+                rotations: Vec::new(),
+                rotate_requested_ms: None,
+                wallet_changes: Vec::new(),
+            })
+        }
+        Some((v, _)) => Err(StoreError::Corrupt {
+            tree,
+            reason: format!("sentry record schema version {v}; this release reads versions 1 and {SENTRY_SCHEMA_VERSION}: upgrade the commander"),
+        }),
+        None => Err(StoreError::Corrupt {
+            tree,
+            reason: "empty record".into(),
+        }),
+    }
 }
 
 /// Ingest progress of a sentry. Written with every batch of heartbeats,

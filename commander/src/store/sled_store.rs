@@ -113,7 +113,7 @@ impl Store for SledStore {
     fn sentry(&self, sentry_id: u64) -> Result<Option<SentryRecord>, StoreError> {
         self.sentries
             .get(sentry_id.to_be_bytes())?
-            .map(|v| records::decode(SENTRIES, &v))
+            .map(|v| records::decode_sentry(SENTRIES, &v))
             .transpose()
     }
 
@@ -135,7 +135,7 @@ impl Store for SledStore {
             .iter()
             .skip(offset)
             .take(limit)
-            .map(|kv| records::decode(SENTRIES, &kv?.1))
+            .map(|kv| records::decode_sentry(SENTRIES, &kv?.1))
             .collect()
     }
 
@@ -146,10 +146,8 @@ impl Store for SledStore {
     fn put_sentry(&self, record: &SentryRecord) -> Result<(), StoreError> {
         let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let id = record.sentry_id.to_be_bytes();
-        let value = records::encode(record);
-        let keys: Vec<[u8; 32]> = std::iter::once(record.node_key)
-            .chain(record.previous_node_keys.iter().copied())
-            .collect();
+        let value = records::encode_sentry(record);
+        let keys: Vec<[u8; 32]> = record.all_keys().collect();
         (&self.sentries, &self.node_keys)
             .transaction(|(sentries, node_keys)| {
                 sentries.insert(&id, value.as_slice())?;
@@ -377,7 +375,7 @@ impl Store for SledStore {
     fn revoked_keys(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         let mut out = Vec::new();
         for kv in self.sentries.iter() {
-            let record: SentryRecord = records::decode(SENTRIES, &kv?.1)?;
+            let record: SentryRecord = records::decode_sentry(SENTRIES, &kv?.1)?;
             if record.state == SentryState::Revoked {
                 out.push(record.node_key);
                 out.extend(record.previous_node_keys);

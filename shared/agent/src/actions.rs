@@ -30,7 +30,7 @@ use hashfleet_shared::secure_file::{self, SecureFileError};
 use hashfleet_shared::wire::{
     ActionRequest, ActionResultBody, SignedAction, SignedActionResult, TargetOutcome,
 };
-use hashfleet_shared::{codec, Identity, NodeId};
+use hashfleet_shared::{codec, NodeId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
@@ -434,7 +434,7 @@ struct HandlerState {
 /// Verifies, executes at most once and answers actions. Cheap to clone;
 /// every clone shares the journal.
 pub struct ActionHandler<E> {
-    identity: Arc<Identity>,
+    identity: crate::rotation::IdentityCell,
     executor: Arc<E>,
     state: Arc<Mutex<HandlerState>>,
     status: StatusHandle,
@@ -468,13 +468,13 @@ impl<E: Executor> ActionHandler<E> {
     /// Opens the journal in `home` (reporting actions a restart cut short).
     pub fn open(
         home: &Path,
-        identity: Arc<Identity>,
+        identity: impl Into<crate::rotation::IdentityCell>,
         executor: Arc<E>,
         status: StatusHandle,
     ) -> Result<Self, JournalError> {
         let journal = Journal::open(home, JOURNAL_MAX_ENTRIES, JOURNAL_MAX_AGE)?;
         Ok(ActionHandler {
-            identity,
+            identity: identity.into(),
             executor,
             state: Arc::new(Mutex::new(HandlerState {
                 journal,
@@ -501,7 +501,7 @@ impl<E: Executor> ActionHandler<E> {
         signed: &SignedAction,
         now_ms: u64,
     ) -> Option<SignedActionResult> {
-        let me = self.identity.node_id();
+        let me = self.identity.current().node_id();
         let (request, late) = match open_action(pins, &me, signed, now_ms) {
             Ok(request) => (request, None),
             // Authentic and for this sentry, only too late to start: the
@@ -557,7 +557,7 @@ impl<E: Executor> ActionHandler<E> {
                 info!(action_id = %id, "action resent: answering with the stored result");
                 Next::Answer(self.seal(ActionResultBody {
                     action_id: id.clone(),
-                    node_id: self.identity.node_id(),
+                    node_id: self.identity.current().node_id(),
                     results,
                     executed_at_ms,
                     replayed: true,
@@ -586,7 +586,7 @@ impl<E: Executor> ActionHandler<E> {
                         drop(state);
                         Next::Answer(self.seal(ActionResultBody {
                             action_id: id.clone(),
-                            node_id: self.identity.node_id(),
+                            node_id: self.identity.current().node_id(),
                             results,
                             executed_at_ms,
                             replayed: true,
@@ -637,7 +637,7 @@ impl<E: Executor> ActionHandler<E> {
         let targets = distinct_targets(&request.targets);
         let mut body = ActionResultBody {
             action_id: request.action_id.clone(),
-            node_id: self.identity.node_id(),
+            node_id: self.identity.current().node_id(),
             results: Vec::with_capacity(targets.len()),
             executed_at_ms: now_ms,
             replayed: false,
@@ -681,7 +681,7 @@ impl<E: Executor> ActionHandler<E> {
     }
 
     fn seal(&self, body: ActionResultBody) -> Option<SignedActionResult> {
-        match seal_result(&self.identity.node, &body) {
+        match seal_result(&self.identity.current().node, &body) {
             Ok(signed) => Some(signed),
             Err(e) => {
                 error!(action_id = %body.action_id, "cannot encode the action result: {e}");
@@ -697,7 +697,7 @@ impl<E: Executor> ActionHandler<E> {
         now_ms: u64,
     ) -> Option<SignedActionResult> {
         self.status.update(|s| s.actions_refused += 1);
-        match refusal_result(&self.identity.node_id(), signed, refusal, now_ms) {
+        match refusal_result(&self.identity.current().node_id(), signed, refusal, now_ms) {
             Some(body) => {
                 warn!(action_id = %body.action_id, reason = refusal.as_str(), "refused an action: {refusal}");
                 self.seal(body)
@@ -723,7 +723,7 @@ impl<E: Executor> ActionHandler<E> {
         let detail = format!("refused: {reason}");
         self.seal(ActionResultBody {
             action_id: request.action_id.clone(),
-            node_id: self.identity.node_id(),
+            node_id: self.identity.current().node_id(),
             results: distinct_targets(&request.targets)
                 .into_iter()
                 .map(|target| TargetOutcome {

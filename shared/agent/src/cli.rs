@@ -152,6 +152,20 @@ pub enum IdentityCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate the node key: a running sentry (asked over HOME/control.sock)
+    /// rotates at once; a stopped one at its next connection. Prints the
+    /// old and the new node_id. A stolen key is not rotated away: revoke
+    /// the sentry on the commander instead.
+    Rotate {
+        #[arg(long, env = "HASHFLEET_HOME")]
+        home: PathBuf,
+    },
+    /// Bind a new wallet key (signed by the wallet over the node id and a
+    /// commander nonce), the same way as `rotate`. Prints old and new address.
+    RotateWallet {
+        #[arg(long, env = "HASHFLEET_HOME")]
+        home: PathBuf,
+    },
 }
 
 pub fn identity_command(cmd: IdentityCommand) -> anyhow::Result<()> {
@@ -172,8 +186,66 @@ pub fn identity_command(cmd: IdentityCommand) -> anyhow::Result<()> {
                 println!("wallet_public_key: {}", public.wallet_public_key);
                 println!("created_at:        {}", public.created_at);
             }
+            let current = identity;
+            if let Some(next) = crate::rotation::load_next(&home)? {
+                match crate::rotation::pending(&current, Some(&next)) {
+                    crate::rotation::Pending::NodeKey => {
+                        println!("pending node_id:   {}", next.node_id())
+                    }
+                    crate::rotation::Pending::Wallet => {
+                        println!("pending wallet:    {}", next.wallet.address())
+                    }
+                    crate::rotation::Pending::Nothing => {}
+                }
+            }
+        }
+        IdentityCommand::Rotate { home } => {
+            rotate_command(&home, crate::rotation::Rotate::NodeKey)?
+        }
+        IdentityCommand::RotateWallet { home } => {
+            rotate_command(&home, crate::rotation::Rotate::Wallet)?
         }
     }
+    Ok(())
+}
+
+fn rotate_command(home: &Path, what: crate::rotation::Rotate) -> anyhow::Result<()> {
+    use crate::rotation::{self, Rotate};
+    let op = match what {
+        Rotate::NodeKey => "rotate",
+        Rotate::Wallet => "rotate-wallet",
+    };
+    let (old, new, note) = match rotation::request(home, op)? {
+        Some(reply) if reply.ok => {
+            let note = if reply.done {
+                "done: the commander bound it".to_string()
+            } else {
+                format!("pending: {}", reply.message)
+            };
+            (reply.old, reply.new, note)
+        }
+        Some(reply) => anyhow::bail!("the running sentry refused: {}", reply.message),
+        None => {
+            // No sentry runs with this home: prepare, and the next run completes it.
+            let current = Identity::load(&Identity::path_in(home))?;
+            let next = rotation::prepare(home, &current, what)?;
+            let (old, new) = match what {
+                Rotate::NodeKey => (current.node_id().to_string(), next.node_id().to_string()),
+                Rotate::Wallet => (
+                    current.wallet.address().to_string(),
+                    next.wallet.address().to_string(),
+                ),
+            };
+            (
+                old,
+                new,
+                "pending: the sentry is not running; it completes when it next reaches its commander".to_string(),
+            )
+        }
+    };
+    println!("old: {old}");
+    println!("new: {new}");
+    println!("{note}");
     Ok(())
 }
 
@@ -216,6 +288,38 @@ pub enum SentryCommand {
     Identity(IdentityCommand),
 }
 
+/// What `validate` checks of the home directory, creating nothing: when
+/// it exists (`run` creates it), a directory this user can write, and an
+/// identity there (when present) that is private and loads. Run it as the
+/// user the sentry runs as.
+pub fn check_home(home: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(home) {
+        Ok(meta) if !meta.is_dir() => anyhow::bail!("home {} is not a directory", home.display()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot reach home {}: {e}", home.display()),
+    }
+    // Written and removed at once: the only way to know that this user may
+    // write here (ownership, mode, ACLs, read-only mounts).
+    let probe = home.join(format!(".validate-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| {
+            format!(
+                "home {} is not writable by this user: run validate as the user the sentry runs as, and give it the directory (mode 0700)",
+                home.display()
+            )
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    let identity = Identity::path_in(home);
+    if identity.exists() {
+        Identity::load(&identity)?;
+    }
+    Ok(())
+}
+
 /// The body of a sentry's `main`: logging, config (exit 64 when bad), then
 /// `run` until SIGTERM/SIGINT. The config is an [`AgentConfig`] or a
 /// sentry's own type that holds one (sentry-host's adds its hooks).
@@ -252,6 +356,10 @@ where
     };
     if validate_only {
         let agent = config.as_ref();
+        if let Err(e) = check_home(&agent.home) {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(64);
+        }
         println!(
             "configuration is valid: {} commander(s), home {}",
             agent.commanders.len(),

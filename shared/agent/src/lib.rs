@@ -17,6 +17,8 @@
 //! - [`session`]: one authenticated session (also used by tests to send
 //!   hand-made frames);
 //! - [`runtime`]: the producer and connector tasks;
+//! - [`rotation`]: node key and wallet rotation, commander pins, the
+//!   control socket;
 //! - [`status`]: what the runtime reports about itself.
 
 pub mod actions;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod endpoint;
 pub mod framing;
 pub mod outbox;
+pub mod rotation;
 pub mod runtime;
 pub mod session;
 pub mod status;

@@ -217,6 +217,21 @@ impl Outbox {
         self.entries.range(after + 1..).copied().collect()
     }
 
+    /// Replaces the bytes of entry `seq` (atomically), when it is there. A
+    /// key rotation re-signs the entries not yet sent with the new key.
+    pub fn rewrite(&mut self, seq: u64, bytes: Vec<u8>) -> Result<(), OutboxError> {
+        if !self.entries.contains(&seq) {
+            return Ok(());
+        }
+        let path = self.entry_path(seq);
+        secure_file::write_atomic(&path, &bytes, 0o600)
+            .map_err(|source| OutboxError::Io { path, source })?;
+        if let Some(entry) = self.cache.iter_mut().find(|(s, _)| *s == seq) {
+            entry.1 = bytes;
+        }
+        Ok(())
+    }
+
     /// The stored bytes of entry `seq`, if it is still there.
     pub fn load(&self, seq: u64) -> Result<Option<Vec<u8>>, OutboxError> {
         if !self.entries.contains(&seq) {

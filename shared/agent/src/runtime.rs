@@ -25,8 +25,10 @@ use hashfleet_shared::codec::{self, CodecError};
 use hashfleet_shared::handshake::HelloParams;
 use hashfleet_shared::heartbeat;
 use hashfleet_shared::liveness::{self, Backoff, HANDSHAKE_TIMEOUT};
+use hashfleet_shared::rotation::{bind_wallet, open_announcement, seal_rotation};
 use hashfleet_shared::wire::{
-    CommanderMessage, Heartbeat, HeartbeatBody, NackReason, SentryMessage, SentryStatus,
+    CommanderMessage, Heartbeat, HeartbeatBody, NackReason, RejectCode, RotationRequest,
+    SentryMessage, SentryStatus,
 };
 use hashfleet_shared::{now_ms, Identity};
 use tokio::sync::{mpsc, watch, Notify};
@@ -38,6 +40,7 @@ use crate::actions::{ActionHandler, Executor, NoActions};
 use crate::config::{AgentConfig, CommanderTarget};
 use crate::endpoint;
 use crate::outbox::Outbox;
+use crate::rotation::{self, IdentityCell, Pending, Pins, Rotate, Rotator};
 use crate::session::{Session, SessionError};
 use crate::status::StatusHandle;
 use crate::status_api::CollectorStates;
@@ -68,7 +71,8 @@ pub trait Collector: Send + 'static {
 /// A sentry runtime, ready to run.
 pub struct Agent<C, E = NoActions> {
     config: AgentConfig,
-    identity: Arc<Identity>,
+    identity: IdentityCell,
+    pins: Arc<Pins>,
     outbox: Arc<Mutex<Outbox>>,
     collector: C,
     actions: ActionHandler<E>,
@@ -86,7 +90,11 @@ impl<C: Collector, E: Executor> Agent<C, E> {
         if created {
             info!(node_id = %identity.node_id(), home = %config.home.display(), "created a new identity");
         }
-        let outbox = Outbox::open(&config.home, config.outbox_max)?;
+        let mut outbox = Outbox::open(&config.home, config.outbox_max)?;
+        // Tidy what a crash during a rotation left (a spent next identity,
+        // outbox entries signed by an earlier key).
+        rotation::settle(&config.home, &identity, &mut outbox)?;
+        let pins = Arc::new(Pins::open(&config.home)?);
         let status = StatusHandle::default();
         status.update(|s| {
             s.node_id = identity.node_id().to_string();
@@ -94,7 +102,7 @@ impl<C: Collector, E: Executor> Agent<C, E> {
             s.last_seq = outbox.last_assigned();
             s.outbox_len = outbox.len();
         });
-        let identity = Arc::new(identity);
+        let identity = IdentityCell::new(identity);
         let actions = ActionHandler::open(
             &config.home,
             identity.clone(),
@@ -104,6 +112,7 @@ impl<C: Collector, E: Executor> Agent<C, E> {
         Ok(Agent {
             config,
             identity,
+            pins,
             outbox: Arc::new(Mutex::new(outbox)),
             collector,
             actions,
@@ -122,8 +131,9 @@ impl<C: Collector, E: Executor> Agent<C, E> {
         self.collectors.clone()
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    /// The identity now (a rotation replaces it).
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.current()
     }
 
     /// The action handler (its journal is already open).
@@ -141,9 +151,21 @@ impl<C: Collector, E: Executor> Agent<C, E> {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+        let control = rotation::bind_control(&self.config.home)?;
+        let rotator = Rotator {
+            home: self.config.home.clone(),
+            identity: self.identity.clone(),
+            wake: Arc::new(Notify::new()),
+            files: Arc::new(Mutex::new(())),
+        };
+        let control_task = tokio::spawn(rotation::serve_control(
+            control,
+            rotator.clone(),
+            stop_rx.clone(),
+        ));
         info!(
-            node_id = %self.identity.node_id(),
-            wallet = %self.identity.wallet.address(),
+            node_id = %self.identity.current().node_id(),
+            wallet = %self.identity.current().wallet.address(),
             commanders = self.config.commanders.len(),
             interval_ms = self.config.interval.as_millis() as u64,
             "sentry starting"
@@ -165,6 +187,7 @@ impl<C: Collector, E: Executor> Agent<C, E> {
             }
             None => None,
         };
+        let home = self.config.home.clone();
         let notify = Arc::new(Notify::new());
         let producer = Producer {
             identity: self.identity.clone(),
@@ -178,6 +201,8 @@ impl<C: Collector, E: Executor> Agent<C, E> {
         let connector = Connector {
             config: self.config,
             identity: self.identity,
+            pins: self.pins,
+            rotator,
             outbox: self.outbox,
             notify,
             status: self.status,
@@ -186,6 +211,8 @@ impl<C: Collector, E: Executor> Agent<C, E> {
         };
         let result = connector.run(stop_rx).await;
         let _ = producer_task.await;
+        let _ = control_task.await;
+        let _ = std::fs::remove_file(home.join(rotation::CONTROL_SOCKET));
         if let Some(task) = status_api {
             match task.await {
                 Ok(Err(e)) => warn!("status API: {e}"),
@@ -198,7 +225,7 @@ impl<C: Collector, E: Executor> Agent<C, E> {
 }
 
 struct Producer {
-    identity: Arc<Identity>,
+    identity: IdentityCell,
     outbox: Arc<Mutex<Outbox>>,
     notify: Arc<Notify>,
     collectors: CollectorStates,
@@ -243,18 +270,21 @@ impl Producer {
             .lock()
             .map_err(|_| anyhow::anyhow!("outbox lock poisoned"))?;
         let ts_ms = now_ms();
+        // Read under the outbox lock: a rotation swaps the key and re-signs
+        // the outbox under the same lock, so no entry keeps an old key.
+        let identity = self.identity.current();
         // Reversed so that pop() takes parts in device order.
         let mut parts = heartbeat::split_body(body);
         parts.reverse();
         let mut seq = outbox.last_assigned();
         while let Some(part) = parts.pop() {
             let hb = Heartbeat {
-                node_id: self.identity.node_id(),
+                node_id: identity.node_id(),
                 seq: outbox.next_seq(),
                 ts_ms,
                 body: part,
             };
-            let sealed = heartbeat::seal(&self.identity.node, &hb)
+            let sealed = heartbeat::seal(&identity.node, &hb)
                 .and_then(|signed| codec::encode(&SentryMessage::Heartbeat(signed)));
             let bytes = match sealed {
                 Ok(bytes) => bytes,
@@ -288,7 +318,9 @@ impl Producer {
 
 struct Connector<E> {
     config: AgentConfig,
-    identity: Arc<Identity>,
+    identity: IdentityCell,
+    pins: Arc<Pins>,
+    rotator: Rotator,
     outbox: Arc<Mutex<Outbox>>,
     notify: Arc<Notify>,
     status: StatusHandle,
@@ -303,6 +335,8 @@ enum End {
     Failed(SessionError),
     /// Drained for a switch back to the primary commander.
     Switched,
+    /// The node key rotated: reconnect at once with the new key.
+    Rotated,
 }
 
 impl<E: Executor> Connector<E> {
@@ -355,6 +389,7 @@ impl<E: Executor> Connector<E> {
                             index = 0;
                             continue;
                         }
+                        End::Rotated => continue,
                         End::Failed(e) if ready.is_some() => {
                             warn!(commander = %target.addr, "{e}");
                             index = 0;
@@ -365,6 +400,19 @@ impl<E: Executor> Connector<E> {
                 }
                 Err(e) => e,
             };
+            // The commander refuses the old key after its grace window: a
+            // sentry that holds the next key (a crash cut the rotation
+            // short) switches to it by itself.
+            if matches!(
+                error,
+                SessionError::Rejected {
+                    code: RejectCode::KeyRotated,
+                    ..
+                }
+            ) && self.promote_waiting_key()
+            {
+                continue;
+            }
             let failures = backoff.attempts() + 1;
             if error.is_permanent() {
                 error!(commander = %target.addr, "{error}");
@@ -478,7 +526,149 @@ impl<E: Executor> Connector<E> {
             enroll_token: target.enroll_token.clone(),
             labels: self.config.labels.clone(),
         };
-        Session::establish(ep, &self.identity, addr, &target.keys, hello).await
+        let pins = self.pins.effective(&target.keys, now_ms());
+        Session::establish(ep, &self.identity.current(), addr, &pins, hello).await
+    }
+
+    /// Makes a waiting next node key the identity (the commander bound it).
+    fn promote_node_key(&self, next: &Identity) -> anyhow::Result<()> {
+        let current = self.identity.current();
+        let promoted = {
+            let _files = self.rotator.files.lock().unwrap_or_else(|p| p.into_inner());
+            rotation::promote_node(&self.config.home, &current, next)?
+        };
+        let node_id = promoted.node_id();
+        let resealed = {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            self.identity.replace(promoted.clone());
+            rotation::reseal_outbox(&mut outbox, &promoted)?
+        };
+        info!(old = %current.node_id(), new = %node_id, resealed, "node key rotated; reconnecting with the new key");
+        self.status.update(|s| s.node_id = node_id.to_string());
+        Ok(())
+    }
+
+    /// After `KeyRotated`: promotes the waiting next key, if there is one.
+    fn promote_waiting_key(&self) -> bool {
+        let current = self.identity.current();
+        let next = match rotation::load_next(&self.config.home) {
+            Ok(next) => next,
+            Err(e) => {
+                error!("{e}");
+                return false;
+            }
+        };
+        match next {
+            Some(next) if rotation::pending(&current, Some(&next)) == Pending::NodeKey => {
+                warn!(old = %current.node_id(), new = %next.node_id(), "the commander no longer accepts the old key: switching to the next key, which it bound before this sentry stopped");
+                match self.promote_node_key(&next) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error!("cannot switch to the next key: {e:#}");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends what the next identity still needs: a `RotateKey` or a
+    /// `BindWallet` (one at a time).
+    async fn start_rotation(
+        &self,
+        tx: &mut crate::session::SessionTx,
+        sentry_id: u64,
+        session_nonce: &[u8; 32],
+    ) -> Result<Option<Rotate>, SessionError> {
+        let current = self.identity.current();
+        let next = match rotation::load_next(&self.config.home) {
+            Ok(next) => next,
+            Err(e) => {
+                error!("cannot read the next identity: {e}");
+                return Ok(None);
+            }
+        };
+        let Some(next) = next else { return Ok(None) };
+        match rotation::pending(&current, Some(&next)) {
+            Pending::Nothing => Ok(None),
+            Pending::NodeKey => {
+                let request = RotationRequest {
+                    sentry_id,
+                    old_node_id: current.node_id(),
+                    new_node_id: next.node_id(),
+                    seq: self.with_outbox(|o| o.last_assigned()),
+                    session_nonce: *session_nonce,
+                    ts_ms: now_ms(),
+                };
+                let signed = seal_rotation(&current.node, &next.node, &request)?;
+                tx.send(&SentryMessage::RotateKey(signed)).await?;
+                info!(old = %current.node_id(), new = %next.node_id(), "asking the commander to rotate the node key");
+                Ok(Some(Rotate::NodeKey))
+            }
+            Pending::Wallet => {
+                let binding = bind_wallet(&next.wallet, &current.node_id(), session_nonce);
+                tx.send(&SentryMessage::BindWallet(binding)).await?;
+                info!(wallet = %next.wallet.address(), "asking the commander to bind a new wallet");
+                Ok(Some(Rotate::Wallet))
+            }
+        }
+    }
+
+    /// The commander's answer to a rotation or binding. `true`: the node
+    /// key changed and the session must end.
+    fn finish_rotation(&self, what: Rotate, accepted: bool, named: &str, message: &str) -> bool {
+        let current = self.identity.current();
+        let next = rotation::load_next(&self.config.home).ok().flatten();
+        let matches = next.as_ref().is_some_and(|n| match what {
+            Rotate::NodeKey => n.node_id().to_string() == named,
+            Rotate::Wallet => n.wallet.address().to_string() == named,
+        });
+        if !accepted {
+            error!(?what, "the commander refused the rotation: {message}");
+            self.status
+                .update(|s| s.last_error = Some(format!("rotation refused: {message}")));
+            let _files = self.rotator.files.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = rotation::abandon(&self.config.home, &current, what) {
+                error!("{e:#}");
+            }
+            return false;
+        }
+        let Some(next) = next.filter(|_| matches) else {
+            warn!(
+                ?what,
+                named, "the commander bound something this sentry is not rotating to; ignored"
+            );
+            return false;
+        };
+        match what {
+            Rotate::NodeKey => match self.promote_node_key(&next) {
+                Ok(()) => true,
+                Err(e) => {
+                    error!("the commander bound the new key, but it cannot be made current: {e:#}");
+                    false
+                }
+            },
+            Rotate::Wallet => {
+                let promoted = {
+                    let _files = self.rotator.files.lock().unwrap_or_else(|p| p.into_inner());
+                    rotation::promote_wallet(&self.config.home, &current, &next)
+                };
+                match promoted {
+                    Ok(promoted) => {
+                        let wallet = promoted.wallet.address();
+                        self.identity.replace(promoted);
+                        info!(%wallet, "wallet bound by the commander");
+                        self.status
+                            .update(|s| s.wallet_address = wallet.to_string());
+                    }
+                    Err(e) => {
+                        error!("the commander bound the wallet, but it cannot be saved: {e:#}")
+                    }
+                }
+                false
+            }
+        }
     }
 
     fn with_outbox<T>(&self, f: impl FnOnce(&mut Outbox) -> T) -> T {
@@ -500,7 +690,8 @@ impl<E: Executor> Connector<E> {
             prover,
             welcome,
             addr,
-            ..
+            commander,
+            session_nonce,
         } = session;
         let mut approved = welcome.status == SentryStatus::Approved;
         info!(
@@ -546,7 +737,21 @@ impl<E: Executor> Connector<E> {
         // Switching away: nothing new is sent; the session ends once all
         // that was sent is acknowledged (or the ack deadline passes).
         let mut draining: Option<Instant> = None;
+        // A rotation to look at (a next identity may be waiting), and the
+        // one the commander is answering.
+        let mut check_rotation = true;
+        let mut rotating: Option<Rotate> = None;
         let end = loop {
+            if check_rotation && rotating.is_none() && draining.is_none() {
+                check_rotation = false;
+                match self
+                    .start_rotation(&mut tx, welcome.sentry_id, &session_nonce)
+                    .await
+                {
+                    Ok(r) => rotating = r,
+                    Err(e) => break End::Failed(e),
+                }
+            }
             if let Some(since) = draining {
                 if waiting_since.is_none() {
                     break End::Switched;
@@ -597,6 +802,7 @@ impl<E: Executor> Connector<E> {
             };
             tokio::select! {
                 _ = self.notify.notified() => {}
+                _ = self.rotator.wake.notified() => check_rotation = true,
                 changed = switch.changed(), if draining.is_none() => {
                     if changed.is_ok() && *switch.borrow() {
                         draining = Some(Instant::now());
@@ -671,7 +877,37 @@ impl<E: Executor> Connector<E> {
                         }
                         CommanderMessage::Action(signed) => {
                             debug!("action received");
-                            self.spawn_action(target.keys.clone(), signed, out_tx.clone());
+                            let pins = self.pins.effective(&target.keys, now_ms());
+                            self.spawn_action(pins, signed, out_tx.clone());
+                        }
+                        CommanderMessage::RotateRequest(r) => {
+                            info!(reason = %r.reason, "the commander asks for a node key rotation");
+                            if let Err(e) = self.rotator.prepare(Rotate::NodeKey) {
+                                error!("cannot prepare a new node key: {e:#}");
+                            }
+                            check_rotation = true;
+                        }
+                        CommanderMessage::Rotated(outcome) => {
+                            rotating = None;
+                            check_rotation = true;
+                            if self.finish_rotation(Rotate::NodeKey, outcome.accepted, &outcome.new_node_id.to_string(), &outcome.message) {
+                                break End::Rotated;
+                            }
+                        }
+                        CommanderMessage::WalletBound(outcome) => {
+                            rotating = None;
+                            check_rotation = true;
+                            self.finish_rotation(Rotate::Wallet, outcome.accepted, &outcome.wallet_address.to_string(), &outcome.message);
+                        }
+                        CommanderMessage::KeyAnnouncement(signed) => {
+                            match open_announcement(&signed, &commander) {
+                                Ok(ann) => match self.pins.learn(&ann) {
+                                    Ok(true) => info!(old = %ann.old_key, new = %ann.new_key, switch_at_ms = ann.switch_at_ms, "the commander announced its next key: pinned"),
+                                    Ok(false) => debug!("commander key announcement already known"),
+                                    Err(e) => error!("cannot persist the commander's next key: {e:#}"),
+                                },
+                                Err(e) => warn!("commander key announcement refused: {e}"),
+                            }
                         }
                     }
                 }
@@ -683,6 +919,7 @@ impl<E: Executor> Connector<E> {
             End::Shutdown => b"sentry shutting down",
             End::Failed(_) => b"sentry closing session",
             End::Switched => b"sentry switching to its primary commander",
+            End::Rotated => b"sentry rotated its node key",
         };
         conn.close(0u32.into(), reason);
         self.status.update(|s| s.connected = false);

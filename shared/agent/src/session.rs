@@ -150,6 +150,9 @@ pub struct Session {
     pub welcome: Welcome,
     pub commander: NodeId,
     pub addr: SocketAddr,
+    /// The commander's `Challenge.nonce` of this session's handshake; a
+    /// rotation or wallet binding is signed over it.
+    pub session_nonce: [u8; 32],
 }
 
 impl Session {
@@ -190,11 +193,13 @@ impl Session {
             node_key: identity.node.clone(),
             commander,
         };
+        let mut session_nonce = [0u8; 32];
         let result = async {
             tx.send(&SentryMessage::Hello(hello)).await?;
             match rx.recv().await? {
                 CommanderMessage::Challenge(ch) => {
                     let proof = prover.answer(&ch)?;
+                    session_nonce = ch.nonce;
                     tx.send(&SentryMessage::Proof(proof)).await?;
                 }
                 CommanderMessage::Reject(r) => {
@@ -224,6 +229,7 @@ impl Session {
                 welcome,
                 commander,
                 addr,
+                session_nonce,
             }),
             Err(e) => {
                 // A refusal at TLS surfaces as a lost stream: say so plainly.
