@@ -56,6 +56,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Rotate the commander key: the next key is announced to sentries
+    /// (signed by the current key) and takes over after --grace-secs.
+    ///
+    /// Works while `serve` runs (it picks the rotation up within a second)
+    /// and while it is stopped (it announces at start). Sentries offline for
+    /// the whole grace period must have the new key configured by hand.
+    RotateKey {
+        #[arg(long, env = "HASHFLEET_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Seconds between the announcement and the switch.
+        #[arg(long, default_value_t = 86_400)]
+        grace_secs: u64,
+    },
     /// Rebuild DATA_DIR/store from a backup file; stop the commander first.
     ///
     /// DATA_DIR/store must not exist yet (or be empty). identity.json and
@@ -181,6 +194,27 @@ fn main() -> ExitCode {
                     out.display()
                 );
             }),
+        Command::RotateKey {
+            data_dir,
+            grace_secs,
+        } => hashfleet_commander::key_rotation::begin(
+            &data_dir,
+            std::time::Duration::from_secs(grace_secs),
+            hashfleet_shared::now_ms(),
+        )
+        .map(|(old, pending, created)| {
+            let what = if created {
+                "rotation started"
+            } else {
+                "a rotation is already pending (--grace-secs ignored)"
+            };
+            println!(
+                "{what}\nold: {old}\nnew: {}\nnew public key: {}\nswitch at: {} ms since the epoch",
+                pending.key.node_id(),
+                pending.key.node_id().public_key_hex(),
+                pending.switch_at_ms
+            );
+        }),
         Command::Restore { data_dir, input } => backup_cli::restore(&data_dir, &input).map(|s| {
             println!(
                 "restore: {} trees, {} entries from {} ({} bytes) into {}",

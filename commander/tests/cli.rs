@@ -233,3 +233,52 @@ fn operator_subcommands_call_the_api() {
         stderr(&o)
     );
 }
+
+#[test]
+fn rotate_key_is_picked_up_by_the_running_commander_and_switches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("commander");
+    let _server = Server(common::spawn(&data, "127.0.0.1:0", &[]));
+    let node_id = |o: &Output| {
+        stdout(o)
+            .lines()
+            .find_map(|l| l.strip_prefix("node_id:"))
+            .expect("a node_id line")
+            .trim()
+            .to_string()
+    };
+    let before = node_id(&run(&data, &["info"], None));
+    let o = run(&data, &["rotate-key", "--grace-secs", "2"], None);
+    expect_code(&o, 0);
+    let text = stdout(&o);
+    assert!(text.contains(&format!("old: {before}")), "{text}");
+    let new = text
+        .lines()
+        .find_map(|l| l.strip_prefix("new: "))
+        .expect("a new key")
+        .trim()
+        .to_string();
+    assert!(new.starts_with("12D3KooW") && new != before, "{text}");
+    // Asked again while pending: the same rotation.
+    let again = run(&data, &["rotate-key", "--grace-secs", "99"], None);
+    expect_code(&again, 0);
+    assert!(
+        stdout(&again).contains("already pending"),
+        "{}",
+        stdout(&again)
+    );
+    assert!(stdout(&again).contains(&new));
+    // The running commander switches when the grace period ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if node_id(&run(&data, &["info"], None)) == new {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commander did not switch to {new}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!data.join("key-rotation.json").exists());
+}

@@ -179,3 +179,77 @@ fn config_errors_exit_64_and_say_what_to_do() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn identity_rotate_on_a_stopped_sentry_prepares_one_next_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let out = bin()
+        .args(["identity", "init", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    let node_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let rotate = |what: &str| {
+        let out = bin()
+            .args(["identity", what, "--home"])
+            .arg(&home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no `{name}` in {text}"))
+                .trim()
+                .to_string()
+        };
+        assert!(text.contains("pending"), "{text}");
+        (field("old:"), field("new:"))
+    };
+    let (old, new) = rotate("rotate");
+    assert_eq!(old, node_id);
+    assert!(new.starts_with("12D3KooW") && new != node_id, "{new}");
+    // Asked again before it completed: the same next key.
+    assert_eq!(rotate("rotate"), (old.clone(), new.clone()));
+    let next = home.join("identity.next.json");
+    let mode = std::fs::metadata(&next).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The current identity is unchanged until the commander binds the key.
+    let show = bin()
+        .args(["identity", "show", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    let show = String::from_utf8(show.stdout).unwrap();
+    assert!(
+        show.contains(&format!("node_id:           {node_id}")),
+        "{show}"
+    );
+    assert!(
+        show.contains(&format!("pending node_id:   {new}")),
+        "{show}"
+    );
+    // A wallet rotation waits beside it.
+    let (old_wallet, new_wallet) = rotate("rotate-wallet");
+    assert!(old_wallet.starts_with("0x") && new_wallet.starts_with("0x"));
+    assert_ne!(old_wallet, new_wallet);
+    // An unsafe next file is refused like an unsafe identity.
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bin()
+        .args(["identity", "rotate", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("identity.next.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
