@@ -9,14 +9,20 @@ use std::collections::BTreeMap;
 use hashfleet_shared::action::{open_action, open_result, seal_action, seal_result};
 use hashfleet_shared::codec::{self, MAX_FRAME_LEN};
 use hashfleet_shared::heartbeat::{open, seal};
+use hashfleet_shared::rotation::{
+    bind_wallet, check_wallet_binding, open_announcement, open_rotation, seal_announcement,
+    seal_rotation,
+};
 use hashfleet_shared::wire::{
     ActionRequest, ActionResultBody, DeviceSnapshot, Heartbeat, HeartbeatBody, SentryMessage,
     SignedAction, SignedActionResult, SignedHeartbeat, TargetOutcome,
 };
-use hashfleet_shared::NodeKey;
+use hashfleet_shared::wire::{KeyAnnouncement, RotationRequest};
+use hashfleet_shared::{NodeKey, WalletKey};
 
 const NOW: u64 = 1_790_000_000_000;
-/// Cases per attack kind; 8 kinds of heartbeat, 6 of action, 4 of result.
+/// Cases per attack kind; 8 kinds of heartbeat, 6 of action, 4 of result,
+/// 10 of rotation, wallet binding and commander key announcement.
 const PER_KIND: usize = 600;
 
 fn heartbeat(key: &NodeKey, seq: u64, rng: &mut fastrand::Rng) -> Heartbeat {
@@ -197,6 +203,73 @@ fn ten_thousand_bad_messages_are_all_refused() {
         };
         assert!(open_result(&sentry.node_id(), &cut).is_err());
         count("result truncated");
+    }
+
+    for _ in 0..PER_KIND {
+        let new = NodeKey::from_seed(&rng.u64(..).to_le_bytes().repeat(4).try_into().unwrap());
+        let nonce: [u8; 32] = std::array::from_fn(|_| rng.u8(..));
+        let sentry_id = rng.u64(1..);
+        let request = RotationRequest {
+            sentry_id,
+            old_node_id: sentry.node_id(),
+            new_node_id: new.node_id(),
+            seq: rng.u64(..),
+            session_nonce: nonce,
+            ts_ms: NOW,
+        };
+        let good = seal_rotation(&sentry, &new, &request).unwrap();
+        let me = sentry.node_id();
+        assert!(open_rotation(&good, &me, sentry_id, &nonce).is_ok());
+
+        // Signed by the new key only, by the old key only, by neither.
+        let only_new = seal_rotation(&new, &new, &request).unwrap();
+        assert!(open_rotation(&only_new, &me, sentry_id, &nonce).is_err());
+        count("rotation without the old key");
+        let only_old = seal_rotation(&sentry, &sentry, &request).unwrap();
+        assert!(open_rotation(&only_old, &me, sentry_id, &nonce).is_err());
+        count("rotation without the new key");
+        let forged = seal_rotation(&other, &new, &request).unwrap();
+        assert!(open_rotation(&forged, &me, sentry_id, &nonce).is_err());
+        count("rotation forged");
+
+        let mut tampered = good.clone();
+        flip(&mut tampered.payload, &mut rng);
+        assert!(open_rotation(&tampered, &me, sentry_id, &nonce).is_err());
+        count("rotation tampered");
+
+        // Replayed on another session, or presented for another sentry.
+        let mut later = nonce;
+        flip(&mut later, &mut rng);
+        assert!(open_rotation(&good, &me, sentry_id, &later).is_err());
+        count("rotation replayed on another session");
+        assert!(open_rotation(&good, &other.node_id(), sentry_id, &nonce).is_err());
+        count("rotation cross-session");
+
+        // A wallet claimed without its signature, or for another session.
+        let wallet = WalletKey::from_bytes(&std::array::from_fn(|i| (i as u8) | 1)).unwrap();
+        let thief = WalletKey::generate();
+        let mut claim = bind_wallet(&thief, &me, &nonce);
+        claim.wallet_address = wallet.address();
+        assert!(check_wallet_binding(&claim, &me, &nonce).is_err());
+        count("wallet claimed without its signature");
+        let binding = bind_wallet(&wallet, &me, &nonce);
+        assert!(check_wallet_binding(&binding, &me, &later).is_err());
+        count("wallet binding replayed");
+
+        // A commander key announcement not signed by the serving key.
+        let ann = KeyAnnouncement {
+            old_key: commander.node_id(),
+            new_key: new.node_id(),
+            announced_at_ms: NOW,
+            switch_at_ms: NOW + rng.u64(1..86_400_000),
+        };
+        let forged = seal_announcement(&rogue_commander, &new, &ann).unwrap();
+        assert!(open_announcement(&forged, &commander.node_id()).is_err());
+        count("key announcement forged");
+        let mut tampered = seal_announcement(&commander, &new, &ann).unwrap();
+        flip(&mut tampered.payload, &mut rng);
+        assert!(open_announcement(&tampered, &commander.node_id()).is_err());
+        count("key announcement tampered");
     }
 
     let total: usize = refused.values().sum();
