@@ -11,10 +11,16 @@ use crate::fleet::device::StatusRules;
 use crate::fleet::retention::Retention;
 use crate::permissions::{validate_roles, Roles};
 
+/// The longest retention age a config may set (100 years).
+pub const MAX_RETENTION_AGE: Duration = Duration::from_secs(100 * 366 * 86_400);
+
 /// How long an old node key works after a rotation, by default.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(300);
 /// The longest grace a config may set.
 pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 86_400);
+/// The longest re-challenge and pruning period: `serve` arms them as tokio
+/// intervals, which panic when `now + period` overflows.
+pub const MAX_PERIOD: Duration = Duration::from_secs(30 * 86_400);
 
 /// The `serve` settings after merging file, environment and flags.
 #[derive(Debug, Clone)]
@@ -176,8 +182,8 @@ impl CommanderConfig {
                 "data_dir is empty: pass --data-dir DIR or set data_dir in the config file"
             );
         }
-        if self.rechallenge < Duration::from_secs(1) {
-            anyhow::bail!("rechallenge_secs must be at least 1");
+        if self.rechallenge < Duration::from_secs(1) || self.rechallenge > MAX_PERIOD {
+            anyhow::bail!("rechallenge_secs must be between 1 and 2592000 (30 days)");
         }
         if self.rotation_grace > MAX_ROTATION_GRACE {
             anyhow::bail!(
@@ -215,8 +221,28 @@ impl CommanderConfig {
         if self.retention.heartbeats_max_per_sentry == 0 {
             anyhow::bail!("[retention] heartbeats_max_per_sentry must be at least 1");
         }
-        if self.retention.interval.is_zero() {
-            anyhow::bail!("[retention] prune_interval_secs must be at least 1");
+        // Ages become milliseconds for the pruner: a bound keeps a huge age
+        // from wrapping into a tiny one (which would delete nearly all data).
+        let r = &self.retention;
+        for (key, age) in [
+            ("heartbeats_max_age_secs", r.heartbeats_max_age),
+            ("rollup_1m_secs", r.m1),
+            ("rollup_5m_secs", r.m5),
+            ("rollup_1h_secs", r.h1),
+            ("rollup_1d_secs", r.d1),
+        ] {
+            if age.is_zero() || age > MAX_RETENTION_AGE {
+                anyhow::bail!(
+                    "[retention] {key} = {}: give between 1 and {} (100 years)",
+                    age.as_secs(),
+                    MAX_RETENTION_AGE.as_secs()
+                );
+            }
+        }
+        if self.retention.interval.is_zero() || self.retention.interval > MAX_PERIOD {
+            anyhow::bail!(
+                "[retention] prune_interval_secs must be between 1 and 2592000 (30 days)"
+            );
         }
         let auth = &self.auth;
         if !(1..=1000).contains(&auth.login_max_failures) {
@@ -406,11 +432,15 @@ impl FileConfig {
             c.timezones = tz;
         }
         let secs = Duration::from_secs;
+        let ms = |key: &str, v: u64| {
+            v.checked_mul(1000)
+                .ok_or_else(|| anyhow::anyhow!("[devices] {key} = {v} is too large: give seconds"))
+        };
         if let Some(v) = self.devices.stale_after_secs {
-            c.status_rules.stale_after_ms = v * 1000;
+            c.status_rules.stale_after_ms = ms("stale_after_secs", v)?;
         }
         if let Some(v) = self.devices.lost_after_secs {
-            c.status_rules.lost_after_ms = v * 1000;
+            c.status_rules.lost_after_ms = ms("lost_after_secs", v)?;
         }
         if let Some(v) = self.rollups.checkpoint_secs {
             c.checkpoint = secs(v);
@@ -562,6 +592,75 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("reboot"));
+    }
+
+    #[test]
+    fn device_thresholds_in_seconds_do_not_overflow() {
+        // Seconds × 1000 overflowed u64: a panic with overflow checks (as
+        // fuzz/commander_config runs it), a wrapped threshold without.
+        for key in ["stale_after_secs", "lost_after_secs"] {
+            let text = format!("data_dir = \"/x\"\n[devices]\n{key} = 18446744073709552\n");
+            let err = FileConfig::parse(&text)
+                .unwrap()
+                .into_config(None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("too large"), "{err}");
+        }
+    }
+
+    #[test]
+    fn retention_ages_that_would_wrap_are_refused() {
+        for key in [
+            "heartbeats_max_age_secs",
+            "rollup_1m_secs",
+            "rollup_5m_secs",
+            "rollup_1h_secs",
+            "rollup_1d_secs",
+        ] {
+            for bad in ["0", "18446744073709552"] {
+                let f =
+                    FileConfig::parse(&format!("data_dir = \"/x\"\n[retention]\n{key} = {bad}\n"))
+                        .unwrap();
+                let err = f.into_config(None).and_then(|c| c.validate()).unwrap_err();
+                assert!(err.to_string().contains(key), "{key} = {bad}: {err}");
+            }
+        }
+        let f = FileConfig::parse("data_dir = \"/x\"\n[retention]\nrollup_1d_secs = 3153600000\n")
+            .unwrap();
+        f.into_config(None).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn periods_armed_as_intervals_are_bounded() {
+        // A period this long passed validation, then tokio panicked adding
+        // it to now: in every session for the re-challenge, in the pruner
+        // for the prune interval (fuzz/commander_config checks for it).
+        let huge = 9_223_372_036_854_775_807u64;
+        assert!(std::time::Instant::now()
+            .checked_add(Duration::from_secs(huge))
+            .is_none());
+        for (text, key) in [
+            (format!("rechallenge_secs = {huge}\n"), "rechallenge_secs"),
+            (
+                format!("[retention]\nprune_interval_secs = {huge}\n"),
+                "prune_interval_secs",
+            ),
+        ] {
+            let err = FileConfig::parse(&format!("data_dir = \"/x\"\n{text}"))
+                .unwrap()
+                .into_config(None)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("30 days"), "{err}");
+        }
+        let ok = FileConfig::parse(
+            "data_dir = \"/x\"\nrechallenge_secs = 2592000\n[retention]\nprune_interval_secs = 2592000\n",
+        )
+        .unwrap();
+        assert!(ok.into_config(None).unwrap().validate().is_ok());
     }
 
     #[test]

@@ -1033,7 +1033,8 @@ impl MinerPoller {
 
 /// Whether asic-rs got any answer at all (it fills a `MinerData` even when
 /// every request failed, listing the model's boards with empty fields).
-fn has_readings(data: &MinerData) -> bool {
+#[doc(hidden)] // pub for the fuzz targets
+pub fn has_readings(data: &MinerData) -> bool {
     data.mac.is_some()
         || data.serial_number.is_some()
         || data.hostname.is_some()
@@ -1049,7 +1050,8 @@ fn has_readings(data: &MinerData) -> bool {
 /// Whether to ask a stock Avalon whether it is soft-off: asic-rs reads no
 /// sleep state from that firmware (`is_mining` is always true), so a
 /// reading at (almost) no hashrate is checked against `SoftOFF[1]`.
-fn needs_soft_off_probe(data: &MinerData) -> bool {
+#[doc(hidden)] // pub for the fuzz targets
+pub fn needs_soft_off_probe(data: &MinerData) -> bool {
     if !data
         .device_info
         .make
@@ -1081,7 +1083,9 @@ async fn avalon_soft_off(miner: &dyn Miner) -> Option<bool> {
     soft_off_flag(&stats)
 }
 
-fn soft_off_flag(stats: &Value) -> Option<bool> {
+/// `SoftOFF` in a stock Avalon's `stats` reply, if it is there.
+#[doc(hidden)] // pub for the fuzz targets
+pub fn soft_off_flag(stats: &Value) -> Option<bool> {
     let flag = stats
         .pointer("/STATS/0/MM ID0/SoftOFF")
         .or_else(|| stats.pointer("/STATS/0/MM ID0:Summary/STATS/SoftOFF"))?;

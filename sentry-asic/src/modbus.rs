@@ -512,7 +512,9 @@ impl MeterClient {
         result.map(|()| blocks)
     }
 
-    fn snapshot(&self, blocks: &[(u16, Vec<u16>)]) -> DeviceSnapshot {
+    /// The snapshot of the register blocks a poll read.
+    #[doc(hidden)] // pub for the fuzz targets
+    pub fn snapshot(&self, blocks: &[(u16, Vec<u16>)]) -> DeviceSnapshot {
         let mut metrics = BTreeMap::new();
         let mut bad = Vec::new();
         for (name, r) in &self.entry.registers {
