@@ -169,6 +169,15 @@ mod tests {
         a.record.sentry_id
     }
 
+    /// A fresh store with one sentry enrolled by token: its key, wallet, id.
+    fn enrolled_sentry() -> (tempfile::TempDir, SledStore, NodeKey, WalletKey, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (key, wallet) = (NodeKey::generate(), WalletKey::generate());
+        let id = enrolled(&store, &key, &wallet);
+        (dir, store, key, wallet, id)
+    }
+
     fn request(id: u64, old: &NodeKey, new: &NodeKey) -> RotationRequest {
         RotationRequest {
             sentry_id: id,
@@ -182,14 +191,8 @@ mod tests {
 
     #[test]
     fn rotation_rebinds_keeps_history_is_idempotent_and_ends_the_old_key_after_grace() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let (old, new, wallet) = (
-            NodeKey::generate(),
-            NodeKey::generate(),
-            WalletKey::generate(),
-        );
-        let id = enrolled(&store, &old, &wallet);
+        let (_dir, store, old, wallet, id) = enrolled_sentry();
+        let new = NodeKey::generate();
         let req = request(id, &old, &new);
         assert_eq!(rotate(&store, id, &req, 1_000).unwrap(), Rotated::Done);
         assert_eq!(rotate(&store, id, &req, 1_500).unwrap(), Rotated::Already);
@@ -231,14 +234,8 @@ mod tests {
 
     #[test]
     fn a_revoked_sentry_cannot_rotate_and_its_old_keys_stay_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let (old, new, wallet) = (
-            NodeKey::generate(),
-            NodeKey::generate(),
-            WalletKey::generate(),
-        );
-        let id = enrolled(&store, &old, &wallet);
+        let (_dir, store, old, wallet, id) = enrolled_sentry();
+        let new = NodeKey::generate();
         assert_eq!(
             rotate(&store, id, &request(id, &old, &new), 1).unwrap(),
             Rotated::Done
@@ -271,14 +268,8 @@ mod tests {
 
     #[test]
     fn a_wallet_changes_only_through_a_binding_and_the_change_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let (key, w1, w2) = (
-            NodeKey::generate(),
-            WalletKey::generate(),
-            WalletKey::generate(),
-        );
-        let id = enrolled(&store, &key, &w1);
+        let (_dir, store, key, w1, id) = enrolled_sentry();
+        let w2 = WalletKey::generate();
         // A hello with another (self-proven) wallet does not rebind.
         let a = enroll::admit(&store, &hello(&key, &w2, None), 1, Duration::ZERO)
             .unwrap()

@@ -197,6 +197,25 @@ impl TestCommander {
     }
 }
 
+/// A session made by hand (a synthetic sentry with `identity`), up to
+/// `Welcome`, for tests that send chosen frames.
+pub async fn raw_session(
+    c: &TestCommander,
+    identity: &hashfleet_shared::Identity,
+    pins: &[NodeId],
+    token: Option<String>,
+) -> Result<hashfleet_agent::Session, hashfleet_agent::SessionError> {
+    let endpoint = hashfleet_agent::endpoint::client_endpoint(c.quic)
+        .map_err(|e| hashfleet_agent::SessionError::Config(e.to_string()))?;
+    let hello = hashfleet_shared::handshake::HelloParams {
+        kind: SentryKind::Synthetic,
+        agent_version: "test".into(),
+        enroll_token: token,
+        labels: Default::default(),
+    };
+    hashfleet_agent::Session::establish(&endpoint, identity, c.quic, pins, hello).await
+}
+
 /// The value of one series in a Prometheus text exposition.
 pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
     text.lines()

@@ -5,20 +5,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hashfleet_agent::endpoint::client_endpoint;
 use hashfleet_agent::outbox::Outbox;
 use hashfleet_agent::rotation::{self, Rotate};
 use hashfleet_agent::{Session, SessionError};
 use hashfleet_shared::codec;
-use hashfleet_shared::handshake::HelloParams;
 use hashfleet_shared::heartbeat::seal;
 use hashfleet_shared::rotation::{bind_wallet, seal_rotation};
 use hashfleet_shared::wire::{
     CommanderMessage, Heartbeat, HeartbeatBody, RejectCode, RotationOutcome, RotationRequest,
-    SentryKind, SentryMessage, WalletOutcome,
+    SentryMessage, WalletOutcome,
 };
 use hashfleet_shared::{now_ms, Identity, NodeId, NodeKey, WalletKey};
-use hashfleet_tests::{init_logs, wait_until, TestCommander, TestSentry};
+use hashfleet_tests::{init_logs, raw_session, wait_until, TestCommander, TestSentry};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -27,22 +25,6 @@ const GRACE: Duration = Duration::from_secs(3);
 
 async fn commander(dir: &Path) -> TestCommander {
     TestCommander::start_with(dir, None, |c| c.rotation_grace = GRACE).await
-}
-
-async fn raw_session(
-    c: &TestCommander,
-    identity: &Identity,
-    pins: &[NodeId],
-    token: Option<String>,
-) -> Result<Session, SessionError> {
-    let endpoint = client_endpoint(c.quic).unwrap();
-    let hello = HelloParams {
-        kind: SentryKind::Synthetic,
-        agent_version: "test".into(),
-        enroll_token: token,
-        labels: Default::default(),
-    };
-    Session::establish(&endpoint, identity, c.quic, pins, hello).await
 }
 
 /// The next message that is not a re-challenge, ack or announcement.
@@ -370,6 +352,30 @@ fn fill_outbox(home: &Path, identity: &Identity, n: usize) {
     }
 }
 
+/// The files a sentry killed right after the commander rebound it leaves:
+/// the next key written and bound, `identity.json` still the old one, and
+/// `unsent` heartbeats of the old key in the outbox. Returns the next key.
+async fn rebound_not_promoted(
+    c: &TestCommander,
+    home: &Path,
+    current: &Identity,
+    unsent: usize,
+) -> Identity {
+    let next = rotation::prepare(home, current, Rotate::NodeKey).unwrap();
+    let mut s = raw_session(c, current, &[c.node_id], None).await.unwrap();
+    let signed = seal_rotation(
+        &current.node,
+        &next.node,
+        &request(&s, &current.node, &next.node),
+    )
+    .unwrap();
+    s.tx.send(&SentryMessage::RotateKey(signed)).await.unwrap();
+    assert!(rotated(&mut s).await.accepted);
+    s.close("killed");
+    fill_outbox(home, current, unsent);
+    next
+}
+
 /// A sentry killed (SIGKILL) between two rotation steps leaves the files
 /// of the step before; each case builds that state on disk (every step is
 /// one atomic file operation) and checks that a fresh start resumes.
@@ -434,36 +440,14 @@ async fn a_sentry_killed_between_rotation_steps_resumes() {
     // the repeated rotation is answered as done.
     let home = dir.path().join("s2");
     let (id, current) = enrolled(&c, &home).await;
-    let next = rotation::prepare(&home, &current, Rotate::NodeKey).unwrap();
-    let mut s = raw_session(&c, &current, &[c.node_id], None).await.unwrap();
-    let signed = seal_rotation(
-        &current.node,
-        &next.node,
-        &request(&s, &current.node, &next.node),
-    )
-    .unwrap();
-    s.tx.send(&SentryMessage::RotateKey(signed)).await.unwrap();
-    assert!(rotated(&mut s).await.accepted);
-    s.close("killed");
-    fill_outbox(&home, &current, 3);
+    let next = rebound_not_promoted(&c, &home, &current, 3).await;
     resume(&c, &home, &id, next.node_id()).await;
 
     // The same, restarted after the grace window: the commander refuses the
     // old key (KeyRotated) and the sentry switches to its next key itself.
     let home = dir.path().join("s3");
     let (id, current) = enrolled(&c, &home).await;
-    let next = rotation::prepare(&home, &current, Rotate::NodeKey).unwrap();
-    let mut s = raw_session(&c, &current, &[c.node_id], None).await.unwrap();
-    let signed = seal_rotation(
-        &current.node,
-        &next.node,
-        &request(&s, &current.node, &next.node),
-    )
-    .unwrap();
-    s.tx.send(&SentryMessage::RotateKey(signed)).await.unwrap();
-    assert!(rotated(&mut s).await.accepted);
-    s.close("killed");
-    fill_outbox(&home, &current, 3);
+    let next = rebound_not_promoted(&c, &home, &current, 3).await;
     tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
     resume(&c, &home, &id, next.node_id()).await;
 
@@ -471,18 +455,7 @@ async fn a_sentry_killed_between_rotation_steps_resumes() {
     // was removed and before the outbox was re-signed.
     let home = dir.path().join("s4");
     let (id, current) = enrolled(&c, &home).await;
-    let next = rotation::prepare(&home, &current, Rotate::NodeKey).unwrap();
-    let mut s = raw_session(&c, &current, &[c.node_id], None).await.unwrap();
-    let signed = seal_rotation(
-        &current.node,
-        &next.node,
-        &request(&s, &current.node, &next.node),
-    )
-    .unwrap();
-    s.tx.send(&SentryMessage::RotateKey(signed)).await.unwrap();
-    assert!(rotated(&mut s).await.accepted);
-    s.close("killed");
-    fill_outbox(&home, &current, 4);
+    let next = rebound_not_promoted(&c, &home, &current, 4).await;
     let mut promoted = next.clone();
     promoted.wallet = current.wallet.clone();
     promoted.previous_node_ids = vec![current.node_id()];

@@ -3,37 +3,15 @@
 
 use std::time::Duration;
 
-use hashfleet_agent::endpoint::client_endpoint;
 use hashfleet_agent::{Session, SessionError};
-use hashfleet_shared::handshake::HelloParams;
 use hashfleet_shared::heartbeat::seal;
 use hashfleet_shared::wire::{
-    CommanderMessage, Heartbeat, HeartbeatBody, NackReason, RejectCode, SentryKind, SentryMessage,
-    SentryStatus,
+    CommanderMessage, Heartbeat, HeartbeatBody, NackReason, RejectCode, SentryMessage, SentryStatus,
 };
 use hashfleet_shared::{now_ms, Identity, NodeId, NodeKey};
-use hashfleet_tests::{init_logs, wait_until, TestCommander, TestSentry};
+use hashfleet_tests::{init_logs, raw_session, wait_until, TestCommander, TestSentry};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn hello(token: Option<String>) -> HelloParams {
-    HelloParams {
-        kind: SentryKind::Synthetic,
-        agent_version: "test".into(),
-        enroll_token: token,
-        labels: Default::default(),
-    }
-}
-
-async fn raw_session(
-    c: &TestCommander,
-    identity: &Identity,
-    pins: &[NodeId],
-    token: Option<String>,
-) -> Result<Session, SessionError> {
-    let endpoint = client_endpoint(c.quic).unwrap();
-    Session::establish(&endpoint, identity, c.quic, pins, hello(token)).await
-}
 
 fn heartbeat(key: &NodeKey, node: NodeId, seq: u64) -> SentryMessage {
     let hb = Heartbeat {
