@@ -288,10 +288,10 @@ pub enum SentryCommand {
     Identity(IdentityCommand),
 }
 
-/// What `validate` checks of the home directory, creating nothing: when
-/// it exists (`run` creates it), a directory this user can write, and an
-/// identity there (when present) that is private and loads. Run it as the
-/// user the sentry runs as.
+/// What `validate` (and `run`, before it starts) checks of the home
+/// directory, creating nothing: when it exists (`run` creates it), a
+/// directory this user can write, and an identity there (when present)
+/// that is private and loads. Run `validate` as the user the sentry runs as.
 pub fn check_home(home: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(home) {
         Ok(meta) if !meta.is_dir() => anyhow::bail!("home {} is not a directory", home.display()),
@@ -347,7 +347,9 @@ where
         SentryCommand::Run(args) => (args, false),
         SentryCommand::Validate(args) => (args, true),
     };
-    let config = match load(&args) {
+    // `run` checks the home as `validate` does, so an unusable home also
+    // exits 64 (a restart cannot fix it; systemd's RestartPreventExitStatus).
+    let config = match load(&args).and_then(|c| check_home(&c.as_ref().home).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -356,10 +358,6 @@ where
     };
     if validate_only {
         let agent = config.as_ref();
-        if let Err(e) = check_home(&agent.home) {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(64);
-        }
         println!(
             "configuration is valid: {} commander(s), home {}",
             agent.commanders.len(),
