@@ -59,3 +59,44 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     }
     Ok(token)
 }
+
+/// What `validate` checks of the files `serve` uses, creating none: the
+/// data directory (when it exists; `serve` creates it) is a directory this
+/// user can write; the identity and admin token there (when present) are
+/// private and readable; a configured HTTPS certificate is readable and
+/// its key private. Run it as the user the commander runs as.
+pub fn check_files(
+    data_dir: &Path,
+    https_cert: Option<&Path>,
+    https_key: Option<&Path>,
+) -> anyhow::Result<()> {
+    match std::fs::metadata(data_dir) {
+        Ok(meta) if !meta.is_dir() => {
+            anyhow::bail!("data_dir {} is not a directory", data_dir.display())
+        }
+        Ok(_) => secure_file::probe_writable(data_dir).with_context(|| {
+            format!(
+                "data_dir {} is not writable by this user: run validate as the user the commander runs as, and give it the directory (mode 0700)",
+                data_dir.display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot reach data_dir {}: {e}", data_dir.display()),
+    }
+    let identity = Identity::path_in(data_dir);
+    if identity.exists() {
+        Identity::load(&identity)?;
+    }
+    let token = admin_token_path(data_dir);
+    if token.exists() {
+        secure_file::read_private(&token, 4096)?;
+    }
+    if let Some(cert) = https_cert {
+        std::fs::read(cert)
+            .with_context(|| format!("cannot read https_cert {}", cert.display()))?;
+    }
+    if let Some(key) = https_key {
+        secure_file::read_private(key, 64 * 1024)?;
+    }
+    Ok(())
+}

@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hashfleet_commander::config::FileConfig;
-use hashfleet_commander::{backup_cli, cli, demo, info, shutdown_signal};
+use hashfleet_commander::{backup_cli, cli, demo, info, keys, shutdown_signal};
+
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +90,14 @@ enum Command {
     Operator(cli::Command),
 }
 
+/// For the packages only, outside `Cli` so that no man page or completion
+/// lists it: `gen-docs DIR` writes them (packaging/build.sh).
+#[derive(Parser)]
+#[command(name = "hashfleet-commander")]
+enum Packaging {
+    GenDocs { dir: PathBuf },
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML config file; flags and HASHFLEET_* variables override it.
@@ -126,6 +137,20 @@ impl ServeArgs {
     }
 }
 
+/// The files `serve` uses, checked by `validate` and by `serve` before it
+/// binds anything: a problem there exits 64 too, which a restart cannot fix
+/// (the systemd unit's RestartPreventExitStatus=64).
+fn check_files(
+    config: hashfleet_commander::CommanderConfig,
+) -> anyhow::Result<hashfleet_commander::CommanderConfig> {
+    keys::check_files(
+        &config.data_dir,
+        config.https_cert.as_deref(),
+        config.https_key.as_deref(),
+    )?;
+    Ok(config)
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,sled=warn"));
@@ -137,6 +162,9 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    if let Ok(Packaging::GenDocs { dir }) = Packaging::try_parse() {
+        return gen_docs::write(Cli::command(), &dir);
+    }
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -148,14 +176,14 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Operator(command) => return runtime.block_on(cli::run(command)),
-        Command::Serve(args) => match args.load() {
+        Command::Serve(args) => match args.load().and_then(check_files) {
             Ok(config) => runtime.block_on(hashfleet_commander::run(config, shutdown_signal())),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 return ExitCode::from(64);
             }
         },
-        Command::Validate(args) => match args.load() {
+        Command::Validate(args) => match args.load().and_then(check_files) {
             Ok(config) => {
                 println!(
                     "configuration is valid (data dir {})",

@@ -2,8 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use hashfleet_agent::cli::{sentry_main, shutdown_signal, SentryCommand};
+use clap::{CommandFactory, Parser};
+use hashfleet_agent::cli::{packaging_main, sentry_main, shutdown_signal, SentryCommand};
+use hashfleet_sentry_asic::config::AsicFile;
+
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +21,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = packaging_main(
+        |dir| gen_docs::write(Cli::command(), dir),
+        |f: &AsicFile| f.commander.len(),
+    ) {
+        return code;
+    }
     let cli = Cli::parse();
     sentry_main(cli.command, hashfleet_sentry_asic::load_config, |config| {
         hashfleet_sentry_asic::run_with(config, shutdown_signal())

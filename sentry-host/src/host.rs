@@ -32,6 +32,21 @@ struct DiskRaw {
     available_bytes: u64,
 }
 
+/// Used and total bytes over the file systems, each counted once: a
+/// bind mount (systemd's `ProtectSystem=`, `StateDirectory=`, containers)
+/// lists the same file system again under another mount point.
+fn disk_totals(disks: &[DiskRaw]) -> (u64, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut used, mut total) = (0u64, 0u64);
+    for d in disks {
+        if seen.insert((d.name.as_str(), d.fs.as_str(), d.total_bytes)) {
+            total = total.saturating_add(d.total_bytes);
+            used = used.saturating_add(d.total_bytes.saturating_sub(d.available_bytes));
+        }
+    }
+    (used, total)
+}
+
 impl Default for HostCollector {
     fn default() -> Self {
         Self::new()
@@ -152,10 +167,7 @@ impl HostCollector {
         let mut raw_disks = Vec::new();
         if let Some(disks) = self.disks.as_mut() {
             disks.refresh(true);
-            let (mut used, mut total) = (0u64, 0u64);
             for d in disks.iter().take(MAX_DISKS) {
-                total += d.total_space();
-                used += d.total_space().saturating_sub(d.available_space());
                 raw_disks.push(DiskRaw {
                     name: d.name().to_string_lossy().into_owned(),
                     mount: d.mount_point().to_string_lossy().into_owned(),
@@ -164,6 +176,7 @@ impl HostCollector {
                     available_bytes: d.available_space(),
                 });
             }
+            let (used, total) = disk_totals(&raw_disks);
             metrics.insert("disk_used_bytes".into(), used as f64);
             metrics.insert("disk_total_bytes".into(), total as f64);
         } else {
@@ -213,5 +226,24 @@ mod tests {
         assert!(s.labels.contains_key("hostname"));
         let raw: serde_json::Value = serde_json::from_str(&s.raw).unwrap();
         assert!(raw["disks"].is_array());
+    }
+
+    #[test]
+    fn a_file_system_bind_mounted_again_counts_once() {
+        let disk = |name: &str, mount: &str, total, available| DiskRaw {
+            name: name.into(),
+            mount: mount.into(),
+            fs: "ext4".into(),
+            total_bytes: total,
+            available_bytes: available,
+        };
+        let disks = [
+            disk("/dev/sda1", "/", 100, 40),
+            disk("/dev/sda1", "/var/lib/hashfleet", 100, 40),
+            disk("/dev/sda1", "/etc/hashfleet", 100, 40),
+            disk("/dev/sdb1", "/data", 50, 50),
+        ];
+        assert_eq!(disk_totals(&disks), (60, 150));
+        assert_eq!(disk_totals(&[]), (0, 0));
     }
 }

@@ -68,6 +68,18 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether this user may create files in `dir`: a probe file is created
+/// and removed at once, the only way to see ownership, mode, ACLs and
+/// read-only mounts together.
+pub fn probe_writable(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    fs::remove_file(&probe)
+}
+
 /// Reads a private file: refuses it when group or others have any access,
 /// and refuses files larger than `max` bytes.
 pub fn read_private(path: &Path, max: u64) -> Result<Vec<u8>, SecureFileError> {

@@ -62,6 +62,47 @@ pub struct CommonFile {
     pub commander: Vec<CommanderEntry>,
 }
 
+/// The packages' hidden subcommands, outside each sentry's documented CLI
+/// so that no man page or completion lists them: `gen-docs DIR`
+/// (packaging/build.sh), and `has-commander --config FILE`, the systemd
+/// unit's ExecCondition, which exits 1 while the file names no commander so
+/// that an unconfigured sentry waits instead of failing.
+#[derive(clap::Parser)]
+enum Packaging {
+    GenDocs {
+        dir: PathBuf,
+    },
+    HasCommander {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Runs a packaging subcommand when the arguments name one, else `None`.
+/// `F` is the sentry's config file type and `commanders` counts the
+/// commanders it names.
+pub fn packaging_main<F: serde::de::DeserializeOwned>(
+    gen_docs: impl FnOnce(&Path) -> std::process::ExitCode,
+    commanders: impl FnOnce(&F) -> usize,
+) -> Option<std::process::ExitCode> {
+    use clap::Parser;
+    match Packaging::try_parse().ok()? {
+        Packaging::GenDocs { dir } => Some(gen_docs(&dir)),
+        Packaging::HasCommander { config } => {
+            // A file that does not parse counts as configured: `run` then
+            // fails with exit 64 and says why.
+            if matches!(read_toml::<F>(&config), Ok(f) if commanders(&f) == 0) {
+                eprintln!(
+                    "{} names no [[commander]] yet; the service starts once one is added",
+                    config.display()
+                );
+                return Some(std::process::ExitCode::from(1));
+            }
+            Some(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
 /// Reads a TOML file into `T` with a size bound and a clear error.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let meta = std::fs::metadata(path)
@@ -288,10 +329,10 @@ pub enum SentryCommand {
     Identity(IdentityCommand),
 }
 
-/// What `validate` checks of the home directory, creating nothing: when
-/// it exists (`run` creates it), a directory this user can write, and an
-/// identity there (when present) that is private and loads. Run it as the
-/// user the sentry runs as.
+/// What `validate` (and `run`, before it starts) checks of the home
+/// directory, creating nothing: when it exists (`run` creates it), a
+/// directory this user can write, and an identity there (when present)
+/// that is private and loads. Run `validate` as the user the sentry runs as.
 pub fn check_home(home: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(home) {
         Ok(meta) if !meta.is_dir() => anyhow::bail!("home {} is not a directory", home.display()),
@@ -299,20 +340,12 @@ pub fn check_home(home: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => anyhow::bail!("cannot reach home {}: {e}", home.display()),
     }
-    // Written and removed at once: the only way to know that this user may
-    // write here (ownership, mode, ACLs, read-only mounts).
-    let probe = home.join(format!(".validate-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .with_context(|| {
-            format!(
-                "home {} is not writable by this user: run validate as the user the sentry runs as, and give it the directory (mode 0700)",
-                home.display()
-            )
-        })?;
-    let _ = std::fs::remove_file(&probe);
+    hashfleet_shared::secure_file::probe_writable(home).with_context(|| {
+        format!(
+            "home {} is not writable by this user: run validate as the user the sentry runs as, and give it the directory (mode 0700)",
+            home.display()
+        )
+    })?;
     let identity = Identity::path_in(home);
     if identity.exists() {
         Identity::load(&identity)?;
@@ -347,7 +380,9 @@ where
         SentryCommand::Run(args) => (args, false),
         SentryCommand::Validate(args) => (args, true),
     };
-    let config = match load(&args) {
+    // `run` checks the home as `validate` does, so an unusable home also
+    // exits 64 (a restart cannot fix it; systemd's RestartPreventExitStatus).
+    let config = match load(&args).and_then(|c| check_home(&c.as_ref().home).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -356,10 +391,6 @@ where
     };
     if validate_only {
         let agent = config.as_ref();
-        if let Err(e) = check_home(&agent.home) {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(64);
-        }
         println!(
             "configuration is valid: {} commander(s), home {}",
             agent.commanders.len(),

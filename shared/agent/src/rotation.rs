@@ -584,6 +584,14 @@ pub fn request(home: &Path, op: &str) -> anyhow::Result<Option<ControlReply>> {
     BufReader::new(std::io::Read::take(&stream, 64 * 1024))
         .read_line(&mut reply)
         .with_context(|| format!("reading the answer on {}", path.display()))?;
+    if reply.trim().is_empty() {
+        anyhow::bail!(
+            "the sentry on {} closed the control socket without answering (did it stop?); \
+             a key it had already prepared is bound when it starts again, \
+             `identity show` tells whether one is pending",
+            path.display()
+        );
+    }
     let reply = serde_json::from_str(reply.trim()).with_context(|| {
         format!(
             "the sentry on {} answered `{}`",
