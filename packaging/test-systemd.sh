@@ -18,6 +18,8 @@
 # on the host changes: the container's writes go to a tmpfs that is
 # unmounted at the end, and the container is powered off.
 set -euo pipefail
+# No `cmd | grep -q` here: grep -q quits at the first match, cmd may then die
+# of SIGPIPE, and pipefail turns a match into a failure. `grep ... >/dev/null`.
 cd "$(dirname "$0")/.."
 root=$PWD
 packages="$root/target/packages"
@@ -121,7 +123,7 @@ sleep 12 # more than two RestartSec=5s
 is_state hashfleet-sentry-asic.service failed || fail "the sentry with a bad config is $(prop hashfleet-sentry-asic.service ActiveState)"
 [ "$(prop hashfleet-sentry-asic.service ExecMainStatus)" = 64 ] || fail "exit status $(prop hashfleet-sentry-asic.service ExecMainStatus), not 64"
 [ "$(prop hashfleet-sentry-asic.service NRestarts)" = 0 ] || fail "a bad config was restarted $(prop hashfleet-sentry-asic.service NRestarts) times"
-journalctl --no-pager -u hashfleet-sentry-asic.service | grep -q bogus_key || fail "the journal does not name the bad key"
+journalctl --no-pager -u hashfleet-sentry-asic.service | grep bogus_key >/dev/null || fail "the journal does not name the bad key"
 for i in $(seq 1 10); do
   echo "# saved again ($i)" >>/etc/hashfleet/sentry-asic.toml
   sleep 0.3
@@ -184,7 +186,7 @@ systemd-nspawn --quiet --register=no --keep-unit --private-network --machine=has
 nspawn_pid=$!
 for _ in $(seq 1 120); do
   leader=$(pgrep -P "$nspawn_pid" | head -1 || true)
-  if [ -n "$leader" ] && nsenter -t "$leader" -a systemctl is-system-running 2>/dev/null | grep -qE '^(running|degraded)$'; then
+  if [ -n "$leader" ] && nsenter -t "$leader" -a systemctl is-system-running 2>/dev/null | grep -E '^(running|degraded)$' >/dev/null; then
     break
   fi
   kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/nspawn.log"; fail "the container did not boot"; }

@@ -14,6 +14,8 @@
 # starts (a commander, to make real state for the upgrade check) it stops
 # itself.
 set -euo pipefail
+# No `cmd | grep -q` here: grep -q quits at the first match, cmd may then die
+# of SIGPIPE, and pipefail turns a match into a failure. `grep ... >/dev/null`.
 cd "$(dirname "$0")/.."
 root=$PWD
 packages="$root/target/packages"
@@ -113,7 +115,7 @@ for p in "${packages_list[@]}"; do
 done
 
 step "a clean machine"
-if dpkg-query -W -f '${Package} ${db:Status-Status}\n' 'hashfleet-*' 2>/dev/null | grep -qv ' not-installed$'; then
+if dpkg-query -W -f '${Package} ${db:Status-Status}\n' 'hashfleet-*' 2>/dev/null | grep -v ' not-installed$' >/dev/null; then
   fail "a Hashfleet package is installed already; purge it first"
 fi
 for path in /var/lib/hashfleet /etc/hashfleet; do
@@ -205,7 +207,7 @@ for p in "${packages_list[@]}"; do
     [ "$(unit_line "$u" $k)" = yes ] || fail "$u: $k"
   done
   [ "$(unit_line "$u" ProtectSystem)" = strict ] || fail "$u: ProtectSystem"
-  unit_line "$u" ExecStartPre | grep -q "^-/usr/bin/$p validate " || fail "$u: ExecStartPre is not validate"
+  unit_line "$u" ExecStartPre | grep "^-/usr/bin/$p validate " >/dev/null || fail "$u: ExecStartPre is not validate"
 done
 ok "units: user hashfleet, state 0700, Restart=on-failure, no restart on exit 64, sandboxed, validate first"
 for p in "${packages_list[@]}"; do
@@ -347,7 +349,7 @@ if [ "$user_existed" = no ]; then
     fail "purge of the last Hashfleet package left the user or group hashfleet"
   fi
 fi
-if dpkg-query -W -f '${Package} ${db:Status-Status}\n' 'hashfleet-*' 2>/dev/null | grep -qv ' not-installed$'; then
+if dpkg-query -W -f '${Package} ${db:Status-Status}\n' 'hashfleet-*' 2>/dev/null | grep -v ' not-installed$' >/dev/null; then
   fail "dpkg still knows a Hashfleet package"
 fi
 ok "purged: no state, config, unit link, user or package left"

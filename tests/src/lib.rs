@@ -3,6 +3,7 @@
 //! polling helpers. Everything cleans up when dropped.
 
 pub mod fakes;
+pub mod loadgen;
 
 use std::future::Future;
 use std::net::SocketAddr;
