@@ -33,6 +33,9 @@ use hashfleet_shared::{now_ms, Identity, NodeId};
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
+/// Handshakes in progress at once from one source address.
+const HANDSHAKES_PER_SOURCE: usize = 32;
+
 /// What one run does.
 #[derive(Debug, Clone)]
 pub struct LoadgenConfig {
@@ -60,6 +63,9 @@ pub struct LoadgenConfig {
     pub drain: Duration,
     /// Requested receive and send buffer of each endpoint's socket.
     pub socket_buffer: usize,
+    /// Print `loadgen: connected …` to stderr when the clock starts (the
+    /// benchmark driver samples the commander's CPU there).
+    pub announce: bool,
 }
 
 impl LoadgenConfig {
@@ -79,11 +85,12 @@ impl LoadgenConfig {
             window: 1,
             duration: Duration::from_secs(10),
             sentries_per_endpoint: 250,
-            source_base: Ipv4Addr::new(127, 1, 0, 1),
+            source_base: Ipv4Addr::new(127, 100, 0, 1),
             connect_parallel: 256,
             connect_timeout: Duration::from_secs(600),
             drain: Duration::from_secs(10),
             socket_buffer: 4 << 20,
+            announce: false,
         }
     }
 
@@ -211,6 +218,10 @@ pub async fn run_until(
     }
     let counters = Arc::new(Counters::default());
     let connect = Arc::new(Semaphore::new(config.connect_parallel));
+    // Under the commander's per-source handshake limit (64 by default).
+    let source_permits: Vec<Arc<Semaphore>> = (0..endpoints.len())
+        .map(|_| Arc::new(Semaphore::new(HANDSHAKES_PER_SOURCE)))
+        .collect();
     // `Some(deadline)` once every sentry is connected (or has given up).
     let (start_tx, start_rx) = watch::channel::<Option<Instant>>(None);
     let t0 = Instant::now();
@@ -220,6 +231,7 @@ pub async fn run_until(
             index: i,
             identity: Identity::generate(),
             endpoint: endpoints[i % endpoints.len()].clone(),
+            source_permits: source_permits[i % endpoints.len()].clone(),
             config: config.clone(),
             counters: counters.clone(),
         };
@@ -236,6 +248,13 @@ pub async fn run_until(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connect_secs = t0.elapsed().as_secs_f64();
+    if config.announce {
+        eprintln!(
+            "loadgen: connected {} of {} sentries in {connect_secs:.1} s; sending",
+            counters.connected.load(Ordering::Relaxed),
+            config.sentries
+        );
+    }
     let start = Instant::now();
     let _ = start_tx.send(Some(start + config.duration));
     let mut results = Vec::with_capacity(config.sentries);
@@ -328,6 +347,7 @@ struct VirtualSentry {
     index: usize,
     identity: Identity,
     endpoint: quinn::Endpoint,
+    source_permits: Arc<Semaphore>,
     config: Arc<LoadgenConfig>,
     counters: Arc<Counters>,
 }
@@ -365,6 +385,7 @@ impl VirtualSentry {
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = {
+                let _source = self.source_permits.acquire().await.ok()?;
                 let _permit = permits.acquire().await.ok()?;
                 Session::establish(
                     &self.endpoint,
@@ -483,6 +504,11 @@ impl VirtualSentry {
                                 }
                                 result.acked_upto = result.acked_upto.max(a.seq);
                                 result.last_ack = Some(now);
+                            }
+                            CommanderMessage::Challenge(ch) => {
+                                // The commander re-challenges every session now and then.
+                                let proof = session.prover.answer(&ch)?;
+                                session.tx.send(&SentryMessage::Proof(proof)).await?;
                             }
                             CommanderMessage::Nack(n) => {
                                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);

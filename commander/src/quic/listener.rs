@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hashfleet_shared::liveness::{IDLE_TIMEOUT, KEEP_ALIVE};
+use hashfleet_shared::liveness::IDLE_TIMEOUT;
 use hashfleet_shared::{tls, NodeKey};
 use quinn::crypto::rustls::QuicServerConfig;
 use sha2::{Digest, Sha256};
@@ -47,7 +47,11 @@ fn cid_key(key: &NodeKey) -> u64 {
 
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
+    // No keep-alives from this end: every sentry sends one each
+    // KEEP_ALIVE, which keeps both ends' idle timers fed; a silent sentry
+    // is dropped after IDLE_TIMEOUT all the same. Pinging back would double
+    // the packets a big fleet costs while idle.
+    t.keep_alive_interval(None);
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("fits a QUIC varint")));
     // One bidirectional stream per session; nothing else.
     t.max_concurrent_bidi_streams(1u8.into());
@@ -66,6 +70,9 @@ pub fn server_config(key: &NodeKey, revoked: RevokedKeys) -> anyhow::Result<quin
     Ok(server)
 }
 
+/// Receive and send buffer asked for the QUIC socket.
+const SOCKET_BUFFER: usize = 8 << 20;
+
 /// Binds the QUIC endpoint.
 pub fn bind(
     key: &NodeKey,
@@ -78,8 +85,20 @@ pub fn bind(
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(addr)
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // One socket carries every sentry: a burst from thousands of them must
+    // not overflow the kernel's default receive buffer (about 200 KiB).
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket
+        .bind(&addr.into())
         .map_err(|e| anyhow::anyhow!("cannot bind QUIC on {addr}: {e}"))?;
+    let socket: std::net::UdpSocket = socket.into();
     let endpoint = quinn::Endpoint::new(
         endpoint_config,
         Some(server),

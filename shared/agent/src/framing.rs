@@ -77,21 +77,24 @@ impl FramedSend {
 }
 
 /// Reads length-prefixed frames of message type `T`. `recv` is cancel-safe:
-/// its only await is quinn's cancel-safe `read`, and partial frames stay
-/// in the decoder.
+/// its only await is quinn's cancel-safe `read_chunk`, and partial frames
+/// stay in the decoder. Chunks come straight from quinn's buffers, so an
+/// idle session holds no read buffer of its own (a commander holds
+/// thousands of them).
 pub struct FramedRecv<T> {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
-    buf: Box<[u8]>,
     _msg: PhantomData<fn() -> T>,
 }
+
+/// Most bytes taken from quinn per read.
+const READ_CHUNK: usize = 16 * 1024;
 
 impl<T: bincode::Decode<()>> FramedRecv<T> {
     pub fn new(recv: quinn::RecvStream) -> Self {
         FramedRecv {
             recv,
             decoder: FrameDecoder::new(MAX_FRAME_LEN),
-            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             _msg: PhantomData,
         }
     }
@@ -101,8 +104,8 @@ impl<T: bincode::Decode<()>> FramedRecv<T> {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(codec::decode(&frame)?);
             }
-            match self.recv.read(&mut self.buf).await {
-                Ok(Some(n)) => self.decoder.push(&self.buf[..n]),
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
                 Ok(None) => return Err(FramingError::Closed("stream finished".into())),
                 Err(quinn::ReadError::ConnectionLost(e)) => {
                     return Err(FramingError::from_connection(e))

@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 250)]
     sentries_per_endpoint: usize,
     /// The first source address; each endpoint takes the next one.
-    #[arg(long, default_value = "127.1.0.1")]
+    #[arg(long, default_value = "127.100.0.1")]
     source_base: Ipv4Addr,
     /// Handshakes in progress at once while the fleet connects.
     #[arg(long, default_value_t = 256)]
@@ -86,6 +86,7 @@ fn main() -> ExitCode {
     config.source_base = args.source_base;
     config.connect_parallel = args.connect_parallel;
     config.connect_timeout = Duration::from_secs(args.connect_timeout_secs);
+    config.announce = true;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
