@@ -11,23 +11,26 @@ fn bin() -> Command {
     c
 }
 
+/// Runs `cmd`, which must succeed; its stdout.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 const KEY: &str = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
 
 #[test]
 fn identity_init_then_show_prints_no_private_key() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let out = bin()
-        .args(["identity", "init", "--home"])
-        .arg(&home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let node_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let node_id = stdout_of(bin().args(["identity", "init", "--home"]).arg(&home))
+        .trim()
+        .to_string();
     assert!(node_id.starts_with("12D3KooW"), "{node_id}");
 
     // init again keeps the same identity.
@@ -39,17 +42,12 @@ fn identity_init_then_show_prints_no_private_key() {
     assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), node_id);
 
     // HASHFLEET_HOME works like --home.
-    let out = bin()
-        .args(["identity", "show", "--json"])
-        .env("HASHFLEET_HOME", &home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        bin()
+            .args(["identity", "show", "--json"])
+            .env("HASHFLEET_HOME", &home),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["node_id"], node_id.as_str());
     for field in [
         "node_public_key",
@@ -62,7 +60,7 @@ fn identity_init_then_show_prints_no_private_key() {
     assert!(v["wallet_address"].as_str().unwrap().starts_with("0x"));
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert!(keys.iter().all(|k| !k.contains("private")), "{keys:?}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(
+    assert!(!out.contains(
         &serde_json::from_str::<serde_json::Value>(
             &std::fs::read_to_string(home.join("identity.json")).unwrap()
         )
@@ -161,22 +159,17 @@ fn config_errors_exit_64_and_say_what_to_do() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_key"));
 
-    let out = bin()
-        .args([
-            "validate",
-            "--commander",
-            "127.0.0.1:4433",
-            "--commander-key",
-            KEY,
-            "--home",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_of(
+        bin()
+            .args([
+                "validate",
+                "--commander",
+                "127.0.0.1:4433",
+                "--commander-key",
+                KEY,
+                "--home",
+            ])
+            .arg(dir.path()),
     );
 }
 
@@ -184,24 +177,11 @@ fn config_errors_exit_64_and_say_what_to_do() {
 fn identity_rotate_on_a_stopped_sentry_prepares_one_next_key() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let out = bin()
-        .args(["identity", "init", "--home"])
-        .arg(&home)
-        .output()
-        .unwrap();
-    let node_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let node_id = stdout_of(bin().args(["identity", "init", "--home"]).arg(&home))
+        .trim()
+        .to_string();
     let rotate = |what: &str| {
-        let out = bin()
-            .args(["identity", what, "--home"])
-            .arg(&home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = stdout_of(bin().args(["identity", what, "--home"]).arg(&home));
         let field = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name))

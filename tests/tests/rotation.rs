@@ -27,6 +27,25 @@ async fn commander(dir: &Path) -> TestCommander {
     TestCommander::start_with(dir, None, |c| c.rotation_grace = GRACE).await
 }
 
+/// Enrolls a sentry-host in `home` with a fresh token and waits until the
+/// commander holds `heartbeats` of its heartbeats; returns it and its id.
+async fn reporting(c: &TestCommander, home: &Path, heartbeats: u64) -> (TestSentry, String) {
+    let token = c.enrollment_token(1).await;
+    let sentry = TestSentry::start(c.sentry_config(home, Some(token)));
+    let node = sentry.node_id;
+    wait_until(WAIT, "the sentry reports", || async {
+        c.sentry_by_node(&node)
+            .await
+            .is_some_and(|s| s["heartbeats"].as_u64() >= Some(heartbeats))
+    })
+    .await;
+    let id = c.sentry_by_node(&node).await.unwrap()["sentry_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (sentry, id)
+}
+
 /// The next message that is not a re-challenge, ack or announcement.
 async fn answer(session: &mut Session) -> CommanderMessage {
     loop {
@@ -99,19 +118,8 @@ async fn rotation_while_heartbeats_flow_keeps_every_seq_and_ends_the_old_key() {
     let dir = tempfile::tempdir().unwrap();
     let c = commander(&dir.path().join("c")).await;
     let home = dir.path().join("s");
-    let token = c.enrollment_token(1).await;
-    let mut sentry = TestSentry::start(c.sentry_config(&home, Some(token)));
+    let (mut sentry, id) = reporting(&c, &home, 5).await;
     let old_id = sentry.node_id;
-    wait_until(WAIT, "heartbeats before the rotation", || async {
-        c.sentry_by_node(&old_id)
-            .await
-            .is_some_and(|s| s["heartbeats"].as_u64() >= Some(5))
-    })
-    .await;
-    let id = c.sentry_by_node(&old_id).await.unwrap()["sentry_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let old_identity = Identity::load(&Identity::path_in(&home)).unwrap();
 
     let reply = control(&home, "rotate").await;
@@ -177,19 +185,8 @@ async fn an_operator_forced_rotation_happens_at_the_next_contact() {
     let dir = tempfile::tempdir().unwrap();
     let c = commander(&dir.path().join("c")).await;
     let home = dir.path().join("s");
-    let token = c.enrollment_token(1).await;
-    let mut sentry = TestSentry::start(c.sentry_config(&home, Some(token)));
+    let (mut sentry, id) = reporting(&c, &home, 2).await;
     let old_id = sentry.node_id;
-    wait_until(WAIT, "the sentry reports", || async {
-        c.sentry_by_node(&old_id)
-            .await
-            .is_some_and(|s| s["heartbeats"].as_u64() >= Some(2))
-    })
-    .await;
-    let id = c.sentry_by_node(&old_id).await.unwrap()["sentry_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     // Stopped: the request waits for the next contact.
     sentry.stop().await;
     let (status, body) = c
@@ -387,20 +384,8 @@ async fn a_sentry_killed_between_rotation_steps_resumes() {
 
     // Enrolls a sentry in `home` (a run of the real runtime), then stops it.
     async fn enrolled(c: &TestCommander, home: &Path) -> (String, Identity) {
-        let token = c.enrollment_token(1).await;
-        let mut s = TestSentry::start(c.sentry_config(home, Some(token)));
-        let node = s.node_id;
-        wait_until(WAIT, "enrollment", || async {
-            c.sentry_by_node(&node)
-                .await
-                .is_some_and(|s| s["heartbeats"].as_u64() >= Some(2))
-        })
-        .await;
+        let (mut s, id) = reporting(c, home, 2).await;
         s.stop().await;
-        let id = c.sentry_by_node(&node).await.unwrap()["sentry_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
         (id, Identity::load(&Identity::path_in(home)).unwrap())
     }
 
