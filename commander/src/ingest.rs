@@ -358,6 +358,9 @@ mod tests {
         ) -> Result<Vec<(u64, crate::fleet::rollup::Resolution, u64)>, StoreError> {
             Ok(vec![])
         }
+        fn group_marks(&self) -> Result<crate::store::GroupMarks, StoreError> {
+            Ok(vec![])
+        }
         fn bucket(
             &self,
             _: &crate::store::RollupKey,

@@ -5,10 +5,14 @@
 //! everything here is then updated in memory: the registry and the open
 //! rollup buckets of every device series and group series. A periodic
 //! [`Fleet::checkpoint`] writes what changed (devices, buckets, new series
-//! names) together with a per-sentry mark, "rollups hold every heartbeat up
-//! to this seq", in one store transaction. After a crash, [`Fleet::load`]
-//! replays the stored heartbeats above each mark: the rollups come back
-//! exactly, with no sample counted twice or lost.
+//! names) with per-sentry marks, "these buckets hold every heartbeat up to
+//! this seq". Group series mix sentries, so their buckets are written in
+//! one atomic part with a group mark for every sentry; device series belong
+//! to one sentry, so their buckets go in small parts, each with the device
+//! marks of its sentries. Small parts let ingest commits run between them.
+//! After a crash, [`Fleet::load`] replays the stored heartbeats above each
+//! mark into the buckets that lack them: the rollups come back exactly,
+//! with no sample counted twice or lost.
 //!
 //! Group series (for tail and daily aggregates) exist per `type` and per
 //! `type` + tag, for the metrics listed in the config, so dashboards never
@@ -25,7 +29,9 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::query::{Projection, Query, Sort};
-use crate::store::{Checkpoint, DeviceStateRecord, HeartbeatRecord, RollupKey, Store, StoreError};
+use crate::store::{
+    Checkpoint, DevicePart, DeviceStateRecord, HeartbeatRecord, RollupKey, Store, StoreError,
+};
 use device::{Status, StatusRules};
 use rollup::{Bucket, Resolution};
 
@@ -99,7 +105,26 @@ struct Entry {
 struct CachedBucket {
     bucket: Bucket,
     dirty_gen: u64,
+    /// Who added to it since it was last saved.
+    owner: Owner,
 }
+
+/// What fed a bucket since it was last saved, which decides the part of a
+/// checkpoint it is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// A group series: every sentry's heartbeats.
+    Group,
+    /// A device series fed by this sentry only.
+    Sentry(u64),
+    /// A device series fed by more than one sentry (a device that moved):
+    /// its buckets and those sentries' marks must be written together.
+    Shared,
+}
+
+/// About how many records one checkpoint part holds. A part is written in
+/// one sled transaction, and sled runs one at a time: ingest waits for it.
+const PART_RECORDS: usize = 256;
 
 #[derive(Default)]
 struct State {
@@ -111,9 +136,13 @@ struct State {
     buckets: HashMap<RollupKey, CachedBucket>,
     /// Per sentry: the last heartbeat applied in memory.
     applied: HashMap<u64, u64>,
-    /// Per sentry and resolution: the mark stored with that resolution's
-    /// buckets (every heartbeat up to it is in them, none after it).
+    /// Per sentry and resolution: the device mark stored with that
+    /// resolution's device buckets (every heartbeat up to it is in them,
+    /// none after it).
     saved: HashMap<(u64, Resolution), u64>,
+    /// Per resolution and sentry: the group mark stored with the group
+    /// buckets. Never below the device mark.
+    saved_group: HashMap<Resolution, HashMap<u64, u64>>,
     /// Per sentry: (site, rack), from its hello labels.
     places: HashMap<u64, (String, String)>,
 }
@@ -130,7 +159,12 @@ impl State {
         id
     }
 
-    fn bucket_mut(&mut self, store: &dyn Store, key: RollupKey) -> Result<&mut Bucket, StoreError> {
+    fn bucket_mut(
+        &mut self,
+        store: &dyn Store,
+        key: RollupKey,
+        owner: Owner,
+    ) -> Result<&mut Bucket, StoreError> {
         let gen = self.gen;
         let cached = match self.buckets.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -139,9 +173,15 @@ impl State {
                 v.insert(CachedBucket {
                     bucket,
                     dirty_gen: 0,
+                    owner,
                 })
             }
         };
+        if cached.dirty_gen == 0 {
+            cached.owner = owner;
+        } else if cached.owner != owner {
+            cached.owner = Owner::Shared;
+        }
         cached.dirty_gen = gen;
         Ok(&mut cached.bucket)
     }
@@ -185,6 +225,8 @@ pub struct Fleet {
     state: Mutex<State>,
     /// One checkpoint at a time: each takes what is dirty and marks it clean.
     checkpointing: Mutex<()>,
+    /// About how many records a checkpoint part holds ([`PART_RECORDS`]).
+    part_records: usize,
 }
 
 impl Fleet {
@@ -217,36 +259,72 @@ impl Fleet {
         for (sentry, r, seq) in store.rollup_marks()? {
             state.saved.insert((sentry, r), seq);
         }
+        for (r, marks) in store.group_marks()? {
+            state.saved_group.insert(r, marks.into_iter().collect());
+        }
+        // A resolution with no group marks was last written with one mark
+        // for device and group buckets (or never): the device marks hold.
+        for r in &config.resolutions {
+            if !state.saved_group.contains_key(r) {
+                let marks = state
+                    .saved
+                    .iter()
+                    .filter(|((_, mr), _)| mr == r)
+                    .map(|((sentry, _), seq)| (*sentry, *seq))
+                    .collect();
+                state.saved_group.insert(*r, marks);
+            }
+        }
         let fleet = Fleet {
             config,
             state: Mutex::new(state),
             checkpointing: Mutex::new(()),
+            part_records: PART_RECORDS,
         };
         let mut replayed = 0u64;
         let resolutions = fleet.config.resolutions.clone();
         for (sentry, progress) in store.all_progress()? {
-            // Each resolution resumes from its own mark.
-            let marks: Vec<u64> = {
+            // Each resolution resumes from its own marks, device and group.
+            let (device_marks, group_marks): (Vec<u64>, Vec<u64>) = {
                 let st = fleet.lock();
                 resolutions
                     .iter()
-                    .map(|r| st.saved.get(&(sentry, *r)).copied().unwrap_or(0))
-                    .collect()
+                    .map(|r| {
+                        let device = st.saved.get(&(sentry, *r)).copied().unwrap_or(0);
+                        let group = st
+                            .saved_group
+                            .get(r)
+                            .and_then(|m| m.get(&sentry))
+                            .copied()
+                            .unwrap_or(0);
+                        if group < device {
+                            tracing::error!(sentry, resolution = r.name(), group, device, "a group mark is below its device mark; the group buckets' sums of averages may be off for the heartbeats between them");
+                        }
+                        (device, group)
+                    })
+                    .unzip()
             };
-            let mut from = marks.iter().copied().min().unwrap_or(0);
+            let mut from = device_marks
+                .iter()
+                .chain(&group_marks)
+                .copied()
+                .min()
+                .unwrap_or(0);
             while from < progress.last_seq {
                 let batch = store.heartbeats_after(sentry, from, 1000)?;
                 let Some(last) = batch.last().map(|h| h.seq) else {
                     break;
                 };
                 for hb in &batch {
-                    let due: Vec<Resolution> = resolutions
-                        .iter()
-                        .zip(&marks)
-                        .filter(|(_, m)| hb.seq > **m)
-                        .map(|(r, _)| *r)
-                        .collect();
-                    fleet.apply_to(store, sentry, hb, &due)?;
+                    let due = |marks: &[u64]| -> Vec<Resolution> {
+                        resolutions
+                            .iter()
+                            .zip(marks)
+                            .filter(|(_, m)| hb.seq > **m)
+                            .map(|(r, _)| *r)
+                            .collect()
+                    };
+                    fleet.apply_to(store, sentry, hb, &due(&device_marks), &due(&group_marks))?;
                 }
                 replayed += batch.len() as u64;
                 from = last;
@@ -275,17 +353,20 @@ impl Fleet {
         sentry_id: u64,
         hb: &HeartbeatRecord,
     ) -> Result<(), StoreError> {
-        self.apply_to(store, sentry_id, hb, &self.config.resolutions)
+        let all = &self.config.resolutions;
+        self.apply_to(store, sentry_id, hb, all, all)
     }
 
-    /// Folds a heartbeat into the registry and into the buckets of the
-    /// given resolutions only (replay skips those already holding it).
+    /// Folds a heartbeat into the registry, into the device buckets of
+    /// `device_res` and into the group buckets of `group_res` only (replay
+    /// skips those already holding it).
     fn apply_to(
         &self,
         store: &dyn Store,
         sentry_id: u64,
         hb: &HeartbeatRecord,
-        resolutions: &[Resolution],
+        device_res: &[Resolution],
+        group_res: &[Resolution],
     ) -> Result<(), StoreError> {
         let mut st = self.lock();
         st.gen += 1;
@@ -332,24 +413,43 @@ impl Fleet {
                 } else {
                     Vec::new()
                 };
-                for &resolution in resolutions {
+                for &resolution in &self.config.resolutions {
+                    let to_device = device_res.contains(&resolution);
+                    let to_groups = !gseries.is_empty() && group_res.contains(&resolution);
+                    if !to_device && !to_groups {
+                        continue;
+                    }
                     let start_ms = resolution.bucket_start(hb.ts_ms);
                     let key = RollupKey {
                         series: dseries,
                         resolution,
                         start_ms,
                     };
-                    let b = st.bucket_mut(store, key)?;
-                    let before = b.avg();
-                    b.add(hb.ts_ms, value);
-                    let after = b.avg().unwrap_or(value);
+                    let (before, after) = if to_device {
+                        let b = st.bucket_mut(store, key, Owner::Sentry(sentry_id))?;
+                        let before = b.avg();
+                        b.add(hb.ts_ms, value);
+                        (before, b.avg().unwrap_or(value))
+                    } else {
+                        // The device bucket holds this sample already (a group
+                        // mark below a device mark, which checkpoints never
+                        // store): its average is the best there is.
+                        let avg = match st.buckets.get(&key) {
+                            Some(c) => c.bucket.avg(),
+                            None => store.bucket(&key)?.and_then(|b| b.avg()),
+                        };
+                        (avg, avg.unwrap_or(value))
+                    };
+                    if !to_groups {
+                        continue;
+                    }
                     for &g in &gseries {
                         let gkey = RollupKey {
                             series: g,
                             resolution,
                             start_ms,
                         };
-                        st.bucket_mut(store, gkey)?
+                        st.bucket_mut(store, gkey, Owner::Group)?
                             .add_to_group(hb.ts_ms, value, before, after);
                     }
                 }
@@ -368,10 +468,10 @@ impl Fleet {
         Ok(())
     }
 
-    /// Writes, in one transaction, the dirty buckets of `resolutions`
-    /// with each sentry's mark for them, new series names, and (when
-    /// `resolutions` holds 1m) the changed devices. Then drops closed,
-    /// saved buckets from memory. Blocking.
+    /// Writes the dirty buckets of `resolutions` with each sentry's marks
+    /// for them, new series names, and (when `resolutions` holds 1m) the
+    /// changed devices, in the parts [`Checkpoint`] describes. Then drops
+    /// closed, saved buckets from memory. Blocking.
     ///
     /// Resolutions are checkpointed at their own pace (see `upkeep`): coarse
     /// buckets stay open for hours, and rewriting them as often as 1m ones
@@ -382,52 +482,88 @@ impl Fleet {
         now_ms: u64,
         resolutions: &[Resolution],
     ) -> Result<CheckpointStats, StoreError> {
+        self.checkpoint_via(now_ms, resolutions, |cp| store.checkpoint(cp))
+    }
+
+    /// [`Fleet::checkpoint`] with the store write given: tests stop it
+    /// part-way, as a crash would.
+    fn checkpoint_via(
+        &self,
+        now_ms: u64,
+        resolutions: &[Resolution],
+        write: impl FnOnce(&Checkpoint) -> Result<(), StoreError>,
+    ) -> Result<CheckpointStats, StoreError> {
         let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let with_devices = resolutions.contains(&Resolution::M1);
-        let (cp, gen) = {
+        // One look at the state, under its lock: the buckets and the marks
+        // must describe the same moment.
+        let (snap, gen) = {
             let st = self.lock();
-            let mut marks = Vec::new();
+            let mut snap = Snapshot {
+                series: st.unsaved_series.clone(),
+                ..Default::default()
+            };
             for (&sentry, &seq) in &st.applied {
                 for &r in resolutions {
                     if st.saved.get(&(sentry, r)) != Some(&seq) {
-                        marks.push((sentry, r, seq));
+                        snap.device_marks.push((sentry, r, seq));
                     }
                 }
             }
-            let cp = Checkpoint {
-                series: st.unsaved_series.clone(),
-                devices: if with_devices {
-                    st.devices
-                        .values()
-                        .filter(|e| e.dirty_gen > 0)
-                        .map(|e| e.record.clone())
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-                buckets: st
-                    .buckets
-                    .iter()
-                    .filter(|(k, c)| c.dirty_gen > 0 && resolutions.contains(&k.resolution))
-                    .map(|(k, c)| (*k, c.bucket))
-                    .collect(),
-                marks,
-            };
-            (cp, st.gen)
+            for &r in resolutions {
+                let mut marks = st.saved_group.get(&r).cloned().unwrap_or_default();
+                let before = marks.len();
+                let mut changed = false;
+                for (&sentry, &seq) in &st.applied {
+                    if marks.insert(sentry, seq) != Some(seq) {
+                        changed = true;
+                    }
+                }
+                if changed || marks.len() != before {
+                    let mut marks: Vec<(u64, u64)> = marks.into_iter().collect();
+                    marks.sort_unstable();
+                    snap.group_marks.push((r, marks));
+                }
+            }
+            if with_devices {
+                snap.devices = st
+                    .devices
+                    .values()
+                    .filter(|e| e.dirty_gen > 0)
+                    .map(|e| e.record.clone())
+                    .collect();
+            }
+            for (k, c) in &st.buckets {
+                if c.dirty_gen > 0 && resolutions.contains(&k.resolution) {
+                    snap.buckets.push((c.owner, *k, c.bucket));
+                }
+            }
+            (snap, st.gen)
         };
         let stats = CheckpointStats {
-            devices: cp.devices.len(),
-            buckets: cp.buckets.len(),
-            series: cp.series.len(),
+            devices: snap.devices.len(),
+            buckets: snap.buckets.len(),
+            series: snap.series.len(),
         };
-        if stats.devices == 0 && stats.buckets == 0 && stats.series == 0 && cp.marks.is_empty() {
+        if stats.devices == 0
+            && stats.buckets == 0
+            && stats.series == 0
+            && snap.device_marks.is_empty()
+            && snap.group_marks.is_empty()
+        {
             return Ok(stats);
         }
-        store.checkpoint(&cp)?;
+        let cp = snap.into_parts(self.part_records);
+        write(&cp)?;
         let mut st = self.lock();
         let saved_series = cp.series.len().min(st.unsaved_series.len());
         st.unsaved_series.drain(..saved_series);
-        for (key, _) in &cp.buckets {
+        let written = cp
+            .groups
+            .buckets
+            .iter()
+            .chain(cp.parts.iter().flat_map(|p| &p.buckets));
+        for (key, _) in written {
             if let Some(c) = st.buckets.get_mut(key) {
                 if c.dirty_gen <= gen {
                     c.dirty_gen = 0;
@@ -441,8 +577,11 @@ impl Fleet {
                 }
             }
         }
-        for (sentry, r, seq) in &cp.marks {
+        for (sentry, r, seq) in cp.parts.iter().flat_map(|p| &p.marks) {
             st.saved.insert((*sentry, *r), *seq);
+        }
+        for (r, marks) in &cp.groups.marks {
+            st.saved_group.insert(*r, marks.iter().copied().collect());
         }
         // Closed, saved buckets need not stay in memory.
         st.buckets
@@ -699,6 +838,77 @@ impl Fleet {
     }
 }
 
+/// What a checkpoint took from the state, before it is cut into parts.
+#[derive(Default)]
+struct Snapshot {
+    series: Vec<(String, u64)>,
+    devices: Vec<DeviceStateRecord>,
+    buckets: Vec<(Owner, RollupKey, Bucket)>,
+    device_marks: Vec<(u64, Resolution, u64)>,
+    group_marks: Vec<(Resolution, Vec<(u64, u64)>)>,
+}
+
+impl Snapshot {
+    /// Cuts the snapshot into the store's parts. A sentry's device buckets
+    /// of one resolution travel with its device mark of that resolution,
+    /// in one part; parts are filled up to about [`PART_RECORDS`]. When a
+    /// device series was fed by more than one sentry, all device buckets
+    /// and marks go in one part: which sentry's mark covers which sample
+    /// is then not known per bucket.
+    fn into_parts(self, part_records: usize) -> Checkpoint {
+        let mut groups = crate::store::GroupPart {
+            buckets: Vec::new(),
+            marks: self.group_marks,
+        };
+        // Per (sentry, resolution): its device buckets and its mark.
+        let mut units: BTreeMap<(u64, Resolution), DevicePart> = BTreeMap::new();
+        let mut shared = false;
+        for (owner, key, bucket) in self.buckets {
+            match owner {
+                Owner::Group => groups.buckets.push((key, bucket)),
+                Owner::Sentry(sentry) => units
+                    .entry((sentry, key.resolution))
+                    .or_default()
+                    .buckets
+                    .push((key, bucket)),
+                Owner::Shared => {
+                    shared = true;
+                    units
+                        .entry((u64::MAX, key.resolution))
+                        .or_default()
+                        .buckets
+                        .push((key, bucket));
+                }
+            }
+        }
+        for (sentry, r, seq) in self.device_marks {
+            units
+                .entry((sentry, r))
+                .or_default()
+                .marks
+                .push((sentry, r, seq));
+        }
+        let mut parts: Vec<DevicePart> = Vec::new();
+        let mut current = DevicePart::default();
+        for unit in units.into_values() {
+            if !shared && !current.is_empty() && current.len() + unit.len() > part_records {
+                parts.push(std::mem::take(&mut current));
+            }
+            current.buckets.extend(unit.buckets);
+            current.marks.extend(unit.marks);
+        }
+        if !current.is_empty() {
+            parts.push(current);
+        }
+        Checkpoint {
+            series: self.series,
+            devices: self.devices,
+            groups,
+            parts,
+        }
+    }
+}
+
 /// Escapes a Prometheus label value.
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -765,6 +975,161 @@ mod tests {
                 }])
                 .unwrap();
             fleet.apply(store, 7, &record).unwrap();
+        }
+    }
+
+    /// One heartbeat of a sentry: `value + i` for its i-th device.
+    fn hb_of(seq: u64, devices: &[&str], value: f64) -> HeartbeatRecord {
+        let mut record = hb(seq, seq * 20_000, value);
+        let template = record.devices.remove(0);
+        record.devices = devices
+            .iter()
+            .enumerate()
+            .map(|(i, id)| DeviceRecord {
+                id: id.to_string(),
+                metrics: [("hashrate_hs".to_string(), value + i as f64)].into(),
+                ..template.clone()
+            })
+            .collect();
+        record
+    }
+
+    /// Sentry 7 reports a1..a3 and sentry 8 b1, b2, interleaved, for
+    /// `seqs`; `moved` is reported by 7 up to seq 25 and by 8 after.
+    fn two_sentries(
+        store: &dyn Store,
+        fleet: &Fleet,
+        seqs: std::ops::RangeInclusive<u64>,
+        moved: bool,
+    ) {
+        for seq in seqs {
+            for (sentry, mut devices) in [(7u64, vec!["a1", "a2", "a3"]), (8, vec!["b1", "b2"])] {
+                if moved && (sentry == 7) == (seq <= 25) {
+                    devices.push("m");
+                }
+                let record = hb_of(seq, &devices, (seq % 7) as f64);
+                store
+                    .append_heartbeats(&[HeartbeatWrite {
+                        sentry_id: sentry,
+                        record: record.clone(),
+                    }])
+                    .unwrap();
+                fleet.apply(store, sentry, &record).unwrap();
+            }
+        }
+    }
+
+    /// Per series and resolution: bucket start, then count, sum, min,
+    /// max, devices and the sum of averages (rounded).
+    type Rollups = Vec<(String, Vec<(u64, [f64; 6])>)>;
+
+    /// Every bucket of every series, all resolutions, without `last`
+    /// (group samples arrive in another order on replay).
+    fn all_buckets(fleet: &Fleet, store: &dyn Store) -> Rollups {
+        let mut names = vec![group_series("miner", "*", "hashrate_hs")];
+        for d in ["a1", "a2", "a3", "b1", "b2", "m"] {
+            names.push(device_series(d, "hashrate_hs"));
+            names.push(device_series(d, "online"));
+        }
+        let mut out = Vec::new();
+        for name in names {
+            for r in &fleet.config().resolutions {
+                let buckets = fleet
+                    .read_series(store, &name, *r, 0, 10 * rollup::DAY_MS)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(t, b)| {
+                        (
+                            t,
+                            [
+                                b.count as f64,
+                                b.sum,
+                                b.min,
+                                b.max,
+                                b.devices as f64,
+                                // Sums of averages differ in the last bits by order.
+                                (b.sum_of_avgs * 1e6).round(),
+                            ],
+                        )
+                    })
+                    .collect();
+                out.push((format!("{name} {}", r.name()), buckets));
+            }
+        }
+        out
+    }
+
+    /// Runs the two-sentry scenario with a checkpoint that a crash stops
+    /// after `step` of its writes (series, devices, the group part, then
+    /// each device part), restarts, and returns the rollups and how many
+    /// steps that checkpoint had.
+    fn crash_after(step: usize, moved: bool) -> (Rollups, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let steps;
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let mut fleet = Fleet::load(&store, config()).unwrap();
+            fleet.part_records = 4;
+            two_sentries(&store, &fleet, 1..=20, moved);
+            fleet.checkpoint(&store, 0, &[Resolution::M1]).unwrap();
+            two_sentries(&store, &fleet, 21..=40, moved);
+            let all = fleet.config().resolutions.clone();
+            let mut n = 0;
+            let crashed = fleet.checkpoint_via(0, &all, |cp| {
+                n = 3 + cp.parts.len();
+                let mut prefix = cp.clone();
+                if step < 1 {
+                    prefix.devices.clear();
+                }
+                if step < 2 {
+                    prefix.groups = Default::default();
+                }
+                prefix.parts.truncate(step.saturating_sub(2));
+                store.checkpoint(&prefix)?;
+                Err(StoreError::Transaction("crashed here".into()))
+            });
+            assert!(crashed.is_err());
+            steps = n;
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let fleet = Fleet::load(&store, config()).unwrap();
+        let doc = fleet.device("b2", 40 * 20_000).unwrap();
+        assert_eq!(doc["hashrate_hs"], (40 % 7 + 1) as f64, "step {step}");
+        (all_buckets(&fleet, &store), steps)
+    }
+
+    fn uncrashed(moved: bool) -> Rollups {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let fleet = Fleet::load(&store, config()).unwrap();
+        two_sentries(&store, &fleet, 1..=40, moved);
+        all_buckets(&fleet, &store)
+    }
+
+    #[test]
+    fn a_crash_between_any_two_checkpoint_parts_loses_and_doubles_nothing() {
+        let expected = uncrashed(false);
+        assert!(expected.iter().any(|(_, b)| !b.is_empty()));
+        let (_, steps) = crash_after(0, false);
+        assert!(
+            steps > 5,
+            "the checkpoint was cut into {steps} steps; the test needs several device parts"
+        );
+        for step in 0..=steps {
+            let (got, _) = crash_after(step, false);
+            assert!(got == expected, "a crash after step {step} of {steps}");
+        }
+    }
+
+    #[test]
+    fn a_device_fed_by_two_sentries_keeps_its_buckets_exact_across_a_crash() {
+        let expected = uncrashed(true);
+        let (_, steps) = crash_after(0, true);
+        // One device part holds every device bucket and mark.
+        assert_eq!(steps, 4, "the shared device series did not force one part");
+        for step in 0..=steps {
+            let (got, _) = crash_after(step, true);
+            assert!(got == expected, "a crash after step {step} of {steps}");
         }
     }
 

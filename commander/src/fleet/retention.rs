@@ -65,18 +65,31 @@ pub fn prune(
     now_ms: u64,
 ) -> Result<PruneStats, StoreError> {
     let mut stats = PruneStats::default();
-    // Raw heartbeats stay until every resolution holds them.
+    // Raw heartbeats stay until every resolution holds them, in device
+    // and group buckets: the lower of the two marks counts.
+    // A resolution with no group marks keeps one mark for both.
     let saved: HashMap<(u64, Resolution), u64> = store
         .rollup_marks()?
         .into_iter()
         .map(|(sentry, r, seq)| ((sentry, r), seq))
+        .collect();
+    let group: HashMap<Resolution, HashMap<u64, u64>> = store
+        .group_marks()?
+        .into_iter()
+        .map(|(r, marks)| (r, marks.into_iter().collect()))
         .collect();
     let resolutions = &fleet.config().resolutions;
     let age_cutoff = now_ms.saturating_sub(retention.heartbeats_max_age.as_millis() as u64);
     for (sentry, progress) in store.all_progress()? {
         let mark = resolutions
             .iter()
-            .map(|r| saved.get(&(sentry, *r)).copied().unwrap_or(0))
+            .map(|r| {
+                let device = saved.get(&(sentry, *r)).copied().unwrap_or(0);
+                match group.get(r) {
+                    Some(marks) => device.min(marks.get(&sentry).copied().unwrap_or(0)),
+                    None => device,
+                }
+            })
             .min()
             .unwrap_or(0);
         let upto = progress

@@ -43,7 +43,8 @@ impl RollupKey {
         out
     }
 
-    fn resolution_bytes(r: Resolution) -> [u8; 5] {
+    /// Key of a resolution's group marks: `resolution code ‖ offset` (5 bytes).
+    pub fn resolution_bytes(r: Resolution) -> [u8; 5] {
         let (code, offset_min) = r.key_parts();
         let mut out = [0u8; 5];
         out[0] = code;
@@ -55,6 +56,15 @@ impl RollupKey {
     /// Key of a rollup mark: `sentry ‖ resolution` (13 bytes).
     pub fn mark_key(sentry: u64, r: Resolution) -> [u8; 13] {
         Self::prefix(sentry, r)
+    }
+
+    /// Reads a group-marks key ([`RollupKey::resolution_bytes`]) back.
+    pub fn parse_resolution_bytes(key: &[u8]) -> Option<Resolution> {
+        if key.len() != 5 {
+            return None;
+        }
+        let offset = (u32::from_be_bytes(key[1..5].try_into().ok()?) as i64 - (1 << 31)) as i32;
+        Resolution::from_key_parts(key[0], offset)
     }
 
     /// Reads a mark key back.
@@ -76,17 +86,100 @@ impl RollupKey {
     }
 }
 
-/// Everything the fleet state changed since its last checkpoint, written in
-/// one transaction.
-#[derive(Debug, Default)]
+/// Everything the fleet state changed since its last checkpoint, in the
+/// atomic parts the store writes, in this order:
+///
+/// 1. `series`: new series names (alone they are harmless);
+/// 2. `devices`: device records, which replaying heartbeats the marks do
+///    not cover brings to the same end (so they go first, in batches);
+/// 3. `groups`: the group-series buckets with every sentry's group mark,
+///    in one atomic write;
+/// 4. each of `parts`, in one atomic write each: device-series buckets
+///    with their sentries' device marks.
+///
+/// No part is large, so ingest commits interleave with a checkpoint
+/// instead of waiting for all of it (sled runs one transaction at a time).
+/// The order keeps every stored group mark at or above the device marks of
+/// the same sentry and resolution, which is what replay needs (see
+/// `Fleet::load`).
+#[derive(Debug, Clone, Default)]
 pub struct Checkpoint {
     /// New series names and their ids.
     pub series: Vec<(String, u64)>,
     pub devices: Vec<DeviceStateRecord>,
+    pub groups: GroupPart,
+    pub parts: Vec<DevicePart>,
+}
+
+/// Group-series buckets and, per resolution written, the group mark of
+/// every sentry: each group bucket of that resolution holds every
+/// heartbeat up to the sentry's mark and none after it.
+#[derive(Debug, Clone, Default)]
+pub struct GroupPart {
     pub buckets: Vec<(RollupKey, RollupRecord)>,
-    /// Per sentry and resolution: every heartbeat up to this seq is in the
-    /// stored buckets of that resolution.
+    /// Per resolution, all sentries' marks (this replaces the stored set).
+    pub marks: GroupMarks,
+}
+
+/// Device-series buckets with the device marks of the sentries that fed
+/// them: each of those buckets of a marked resolution holds every
+/// heartbeat of its sentry up to the mark and none after it.
+#[derive(Debug, Clone, Default)]
+pub struct DevicePart {
+    pub buckets: Vec<(RollupKey, RollupRecord)>,
+    /// Per sentry and resolution: the device mark.
     pub marks: Vec<(u64, Resolution, u64)>,
+}
+
+impl GroupPart {
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.marks.is_empty()
+    }
+}
+
+impl DevicePart {
+    /// Records this part writes.
+    pub fn len(&self) -> usize {
+        self.buckets.len() + self.marks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Per resolution, every sentry's group mark: `(sentry, seq)` pairs.
+pub type GroupMarks = Vec<(Resolution, Vec<(u64, u64)>)>;
+
+/// Group marks of one resolution as stored: `(sentry ‖ seq)` pairs,
+/// big-endian, 16 bytes each.
+pub fn encode_group_marks(marks: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(marks.len() * 16);
+    for (sentry, seq) in marks {
+        out.extend_from_slice(&sentry.to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+    }
+    out
+}
+
+/// Reads [`encode_group_marks`] back; `None` when the length is not a
+/// multiple of 16.
+pub fn decode_group_marks(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
+    if bytes.len() % 16 != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let (a, b) = c.split_at(8);
+                (
+                    u64::from_be_bytes(a.try_into().unwrap_or_default()),
+                    u64::from_be_bytes(b.try_into().unwrap_or_default()),
+                )
+            })
+            .collect(),
+    )
 }
 pub use backup::BackupStats;
 pub use sled_store::SledStore;
@@ -203,8 +296,13 @@ pub trait Store: Send + Sync + 'static {
     /// Series names and ids.
     fn series(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Per sentry and resolution, the seq up to which that resolution's
-    /// stored buckets are complete.
+    /// stored device-series buckets are complete (the device marks).
     fn rollup_marks(&self) -> Result<Vec<(u64, Resolution, u64)>, StoreError>;
+    /// Per resolution and sentry, the seq up to which that resolution's
+    /// stored group-series buckets are complete (the group marks). A
+    /// resolution missing here was last written by a commander that kept
+    /// one mark for both: its device marks hold for the groups too.
+    fn group_marks(&self) -> Result<GroupMarks, StoreError>;
     fn bucket(&self, key: &RollupKey) -> Result<Option<RollupRecord>, StoreError>;
     /// Buckets of a series at a resolution with `start ≤ bucket start ≤ end`, ascending.
     fn buckets(
@@ -214,7 +312,8 @@ pub trait Store: Send + Sync + 'static {
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<(u64, RollupRecord)>, StoreError>;
-    /// Writes a checkpoint in one transaction, then flushes.
+    /// Writes a checkpoint part by part, in the order [`Checkpoint`]
+    /// gives, each part atomically, then flushes.
     fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
     /// Deletes buckets of these series at `resolution` that start before `before_ms`.
     fn prune_buckets(

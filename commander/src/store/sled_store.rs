@@ -24,6 +24,7 @@ const DEVICES: &str = "devices";
 const SERIES: &str = "series";
 const ROLLUPS: &str = "rollups";
 const ROLLUP_MARKS: &str = "rollup_marks";
+const GROUP_MARKS: &str = "rollup_group_marks";
 const USERS: &str = "users";
 const API_TOKENS: &str = "api_tokens";
 
@@ -43,6 +44,7 @@ pub struct SledStore {
     series: sled::Tree,
     rollups: sled::Tree,
     rollup_marks: sled::Tree,
+    group_marks: sled::Tree,
     users: sled::Tree,
     api_tokens: sled::Tree,
 }
@@ -102,6 +104,7 @@ impl SledStore {
             series: db.open_tree(SERIES)?,
             rollups: db.open_tree(ROLLUPS)?,
             rollup_marks: db.open_tree(ROLLUP_MARKS)?,
+            group_marks: db.open_tree(GROUP_MARKS)?,
             users: db.open_tree(USERS)?,
             api_tokens: db.open_tree(API_TOKENS)?,
             db,
@@ -536,45 +539,86 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn group_marks(&self) -> Result<super::GroupMarks, StoreError> {
+        self.group_marks
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let r =
+                    RollupKey::parse_resolution_bytes(&k).ok_or_else(|| StoreError::Corrupt {
+                        tree: GROUP_MARKS,
+                        reason: "key is not a resolution".into(),
+                    })?;
+                let marks = super::decode_group_marks(&v).ok_or_else(|| StoreError::Corrupt {
+                    tree: GROUP_MARKS,
+                    reason: "marks are not sentry ‖ seq pairs".into(),
+                })?;
+                Ok((r, marks))
+            })
+            .collect()
+    }
+
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         let _write = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let series: Vec<(Vec<u8>, [u8; 8])> = cp
-            .series
-            .iter()
-            .map(|(n, id)| (n.as_bytes().to_vec(), id.to_be_bytes()))
-            .collect();
-        let devices: Vec<(Vec<u8>, Vec<u8>)> = cp
-            .devices
-            .iter()
-            .map(|d| (d.id.as_bytes().to_vec(), records::encode(d)))
-            .collect();
-        let buckets: Vec<([u8; 21], Vec<u8>)> = cp
-            .buckets
-            .iter()
-            .map(|(k, b)| (k.to_bytes(), records::encode(b)))
-            .collect();
-        (
-            &self.series,
-            &self.devices,
-            &self.rollups,
-            &self.rollup_marks,
-        )
-            .transaction(|(series_t, devices_t, rollups_t, marks_t)| {
-                for (k, v) in &series {
-                    series_t.insert(k.as_slice(), v)?;
-                }
-                for (k, v) in &devices {
-                    devices_t.insert(k.as_slice(), v.as_slice())?;
-                }
-                for (k, v) in &buckets {
-                    rollups_t.insert(k, v.as_slice())?;
-                }
-                for (sentry, r, seq) in &cp.marks {
-                    marks_t.insert(&RollupKey::mark_key(*sentry, *r), &seq.to_be_bytes())?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(tx_error)?;
+        // New series first, in batches: a name with no bucket yet is harmless.
+        for chunk in cp.series.chunks(1024) {
+            let mut batch = sled::Batch::default();
+            for (name, id) in chunk {
+                batch.insert(name.as_bytes(), &id.to_be_bytes());
+            }
+            self.series.apply_batch(batch)?;
+        }
+        for chunk in cp.devices.chunks(1024) {
+            let mut batch = sled::Batch::default();
+            for d in chunk {
+                batch.insert(d.id.as_bytes(), records::encode(d));
+            }
+            self.devices.apply_batch(batch)?;
+        }
+        // The group part, before any device part: a stored group mark is
+        // never below a stored device mark.
+        if !cp.groups.is_empty() {
+            let buckets = encode_buckets(&cp.groups.buckets);
+            let marks: Vec<([u8; 5], Vec<u8>)> = cp
+                .groups
+                .marks
+                .iter()
+                .map(|(r, m)| {
+                    (
+                        RollupKey::resolution_bytes(*r),
+                        super::encode_group_marks(m),
+                    )
+                })
+                .collect();
+            (&self.rollups, &self.group_marks)
+                .transaction(|(rollups_t, marks_t)| {
+                    for (k, v) in &buckets {
+                        rollups_t.insert(k, v.as_slice())?;
+                    }
+                    for (k, v) in &marks {
+                        marks_t.insert(k, v.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error)?;
+        }
+        for part in &cp.parts {
+            // sled runs one transaction at a time, and its lock does not
+            // queue: step aside so a waiting ingest commit goes first.
+            std::thread::yield_now();
+            let buckets = encode_buckets(&part.buckets);
+            (&self.rollups, &self.rollup_marks)
+                .transaction(|(rollups_t, marks_t)| {
+                    for (k, v) in &buckets {
+                        rollups_t.insert(k, v.as_slice())?;
+                    }
+                    for (sentry, r, seq) in &part.marks {
+                        marks_t.insert(&RollupKey::mark_key(*sentry, *r), &seq.to_be_bytes())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error)?;
+        }
         self.db.flush()?;
         Ok(())
     }
@@ -635,6 +679,13 @@ fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
             tree,
             reason: format!("expected 8 bytes, found {}", bytes.len()),
         })
+}
+
+fn encode_buckets(buckets: &[(RollupKey, RollupRecord)]) -> Vec<([u8; 21], Vec<u8>)> {
+    buckets
+        .iter()
+        .map(|(k, b)| (k.to_bytes(), records::encode(b)))
+        .collect()
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {
