@@ -45,6 +45,8 @@ pub struct App {
     pub sessions: Sessions,
     pub revoked: RevokedKeys,
     pub ingest: Ingest,
+    /// Checks heartbeat signatures of all sessions in batches.
+    pub verifier: crate::verifier::Verifier,
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
     /// SHA-256 of the bootstrap admin token.
@@ -156,6 +158,8 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
     )
     .with_context(|| format!("writing {}", data_dir.join(HTTP_ADDR_FILE).display()))?;
     let node_id = identity.node_id();
+    let verifier = crate::verifier::Verifier::start(metrics.clone())
+        .context("cannot start the signature verifier thread")?;
     let accounts = Accounts::new(config.auth.login_max_failures, config.auth.login_window);
     let policy = ActionPolicy {
         votes: config.actions.votes.clone(),
@@ -176,6 +180,7 @@ pub async fn start(config: CommanderConfig) -> anyhow::Result<Running> {
         sessions: Sessions::default(),
         revoked,
         ingest,
+        verifier,
         fleet,
         metrics,
         admin_token_hash: token_hash(&admin_token),

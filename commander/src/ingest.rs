@@ -4,8 +4,10 @@
 //! submit records here in order. The writer takes whatever is queued (up
 //! to a batch limit), drops heartbeats whose seq the store already holds
 //! (a resend after a reconnect raced the old session), writes the rest
-//! and the sentries' progress in one transaction, flushes, and only then
-//! acknowledges. Acks are cumulative per session, carried by a `watch`, so
+//! and the sentries' progress in one transaction and flushes. A second
+//! stage then folds the batch into the fleet (registry, rollups) and only
+//! then acknowledges, while the writer already stores the next batch: an
+//! ack means stored and applied, and the two stages run on two cores. Acks are cumulative per session, carried by a `watch`, so
 //! a sentry that does not read cannot make them pile up.
 //!
 //! When a batch cannot be stored, every session in it is marked
@@ -86,20 +88,24 @@ async fn writer(
     mut rx: mpsc::Receiver<IngestItem>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Stored batches go on to be applied and acknowledged while the next
+    // one is written: the two stages overlap, each on its own thread.
+    let (stored_tx, stored_rx) = mpsc::channel::<Stored>(STORED_QUEUE);
+    let applier = tokio::spawn(apply_loop(store.clone(), fleet, metrics.clone(), stored_rx));
     // Highest stored seq per sentry, as far as this writer knows.
-    let mut stored: HashMap<u64, u64> = HashMap::new();
+    let mut known: HashMap<u64, u64> = HashMap::new();
     let mut stopping = false;
     loop {
         let first = if stopping {
             match rx.recv().await {
                 Some(item) => item,
-                None => return,
+                None => break,
             }
         } else {
             tokio::select! {
                 item = rx.recv() => match item {
                     Some(item) => item,
-                    None => return,
+                    None => break,
                 },
                 _ = hashfleet_agent::runtime::until_stopped(&mut stop) => {
                     // Refuse new work, then drain what is queued.
@@ -116,112 +122,175 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        commit(&store, &fleet, &metrics, &mut stored, batch).await;
+        if let Some(stored) = commit(&store, &metrics, &mut known, batch).await {
+            if stored_tx.send(stored).await.is_err() {
+                error!("the ingest applier stopped; heartbeats are stored but not acknowledged");
+                break;
+            }
+        }
     }
+    // Everything stored is applied before the writer reports done, so the
+    // shutdown checkpoint holds it.
+    drop(stored_tx);
+    let _ = applier.await;
 }
 
+/// Stored batches waiting for the applier before the writer waits.
+const STORED_QUEUE: usize = 2;
+
+/// A durably stored batch, waiting to be applied and acknowledged.
+struct Stored {
+    writes: Vec<HeartbeatWrite>,
+    /// Every item of the batch (duplicates too): its session and seq.
+    acks: Vec<(Arc<watch::Sender<Acked>>, u64, u64)>,
+    duplicates: u64,
+}
+
+/// Writes a batch; `None` when it failed (its sessions are told).
 async fn commit(
     store: &Arc<dyn Store>,
-    fleet: &Arc<Fleet>,
     metrics: &Metrics,
-    stored: &mut HashMap<u64, u64>,
+    known: &mut HashMap<u64, u64>,
     batch: Vec<IngestItem>,
-) {
+) -> Option<Stored> {
     let started = Instant::now();
     let store = store.clone();
-    let fleet = fleet.clone();
-    let mut known = std::mem::take(stored);
+    let mut k = std::mem::take(known);
     // Dedupe and write on a blocking thread: both read and write sled.
     let joined = tokio::task::spawn_blocking(move || {
-        let result = write_batch(store.as_ref(), &fleet, &mut known, &batch);
-        (known, batch, result)
+        let result = write_batch(store.as_ref(), &mut k, batch);
+        (k, result)
     })
     .await;
-    let (known, batch, result) = match joined {
+    let (k, result) = match joined {
         Ok(v) => v,
         Err(e) => {
             // The batch is gone with the task; its sessions' own senders
             // were dropped with it, which ends those sessions too.
             error!("ingest task failed: {e}");
-            return;
+            return None;
         }
     };
     match result {
-        Ok((count, duplicates)) => {
-            *stored = known;
+        Ok(stored) => {
+            *known = k;
             metrics.commit(started.elapsed().as_secs_f64());
-            let now = hashfleet_shared::now_ms();
-            for item in &batch {
-                metrics.ingest_latency(now.saturating_sub(item.record.received_ms) as f64 / 1e3);
-            }
-            metrics.heartbeats_n("ok", count);
-            metrics.heartbeats_n("duplicate", duplicates);
-            for item in &batch {
-                let seq = item.record.seq;
-                item.acked.send_if_modified(|state| match state {
-                    Acked::Upto(v) if seq > *v => {
-                        *v = seq;
-                        true
-                    }
-                    _ => false,
-                });
-            }
+            Some(stored)
         }
-        Err(reason) => {
+        Err((reason, acks)) => {
             // Nothing is acknowledged, and these sessions end: the sentries
             // keep the heartbeats in their outboxes and resend them.
             error!(
                 "storing a batch of {} heartbeats failed, none acknowledged: {reason}",
-                batch.len()
+                acks.len()
             );
-            for item in &batch {
-                item.acked.send_replace(Acked::Failed);
+            for acked in &acks {
+                acked.send_replace(Acked::Failed);
             }
-            stored.clear();
+            None
         }
     }
 }
 
-/// Drops heartbeats already stored, writes the rest. Returns (written,
-/// duplicates). Blocking.
+/// Folds stored batches into the fleet, then acknowledges them, in order.
+async fn apply_loop(
+    store: Arc<dyn Store>,
+    fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Stored>,
+) {
+    while let Some(stored) = rx.recv().await {
+        let store = store.clone();
+        let fleet = fleet.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            apply_batch(store.as_ref(), &fleet, &stored.writes);
+            stored
+        })
+        .await;
+        let stored = match joined {
+            Ok(s) => s,
+            Err(e) => {
+                // Its sessions' senders went with it: they end, and resend.
+                error!("ingest apply task failed: {e}");
+                continue;
+            }
+        };
+        metrics.heartbeats_n("ok", stored.writes.len() as u64);
+        metrics.heartbeats_n("duplicate", stored.duplicates);
+        let now = hashfleet_shared::now_ms();
+        for (acked, seq, received_ms) in &stored.acks {
+            metrics.ingest_latency(now.saturating_sub(*received_ms) as f64 / 1e3);
+            let seq = *seq;
+            acked.send_if_modified(|state| match state {
+                Acked::Upto(v) if seq > *v => {
+                    *v = seq;
+                    true
+                }
+                _ => false,
+            });
+        }
+    }
+}
+
+/// Drops heartbeats already stored, writes the rest. Blocking. On failure,
+/// the sessions of the batch come back for the caller to tell.
+#[allow(clippy::type_complexity)]
 fn write_batch(
     store: &dyn Store,
-    fleet: &Fleet,
     known: &mut HashMap<u64, u64>,
-    batch: &[IngestItem],
-) -> Result<(u64, u64), String> {
+    batch: Vec<IngestItem>,
+) -> Result<Stored, (String, Vec<Arc<watch::Sender<Acked>>>)> {
     let mut writes = Vec::with_capacity(batch.len());
+    let mut acks = Vec::with_capacity(batch.len());
     let mut duplicates = 0u64;
+    let mut failed: Option<String> = None;
     // `known` runs ahead of the store during the batch; on failure the
     // caller forgets it entirely.
     for item in batch {
+        let seq = item.record.seq;
+        acks.push((item.acked, seq, item.record.received_ms));
+        if failed.is_some() {
+            continue;
+        }
         let last = match known.get(&item.sentry_id) {
             Some(last) => *last,
-            None => {
-                store
-                    .progress(item.sentry_id)
-                    .map_err(|e| format!("reading progress of {:016x}: {e}", item.sentry_id))?
-                    .last_seq
-            }
+            None => match store.progress(item.sentry_id) {
+                Ok(p) => p.last_seq,
+                Err(e) => {
+                    failed = Some(format!("reading progress of {:016x}: {e}", item.sentry_id));
+                    continue;
+                }
+            },
         };
-        let seq = item.record.seq;
         if seq <= last {
             // Already stored: acknowledging it again is correct.
             duplicates += 1;
         } else {
             writes.push(HeartbeatWrite {
                 sentry_id: item.sentry_id,
-                record: item.record.clone(),
+                record: item.record,
             });
         }
         known.insert(item.sentry_id, last.max(seq));
     }
-    store
-        .append_heartbeats(&writes)
-        .map_err(|e| e.to_string())?;
-    // Stored: now fold them into the registry and rollups (derived state,
-    // rebuilt from the heartbeats after a crash).
-    for w in &writes {
+    let result = match failed {
+        Some(reason) => Err(reason),
+        None => store.append_heartbeats(&writes).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => Ok(Stored {
+            writes,
+            acks,
+            duplicates,
+        }),
+        Err(reason) => Err((reason, acks.into_iter().map(|(a, _, _)| a).collect())),
+    }
+}
+
+/// Folds stored heartbeats into the registry and rollups (derived state,
+/// rebuilt from the heartbeats after a crash). Blocking.
+fn apply_batch(store: &dyn Store, fleet: &Fleet, writes: &[HeartbeatWrite]) {
+    for w in writes {
         if let Err(e) = fleet.apply(store, w.sentry_id, &w.record) {
             error!(
                 sentry_id = w.sentry_id,
@@ -230,7 +299,6 @@ fn write_batch(
             );
         }
     }
-    Ok((writes.len() as u64, duplicates))
 }
 
 #[cfg(test)]

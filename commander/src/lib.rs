@@ -46,6 +46,7 @@ pub mod rotation;
 pub mod sessions;
 pub mod store;
 pub mod upkeep;
+pub mod verifier;
 
 pub use app::{run, start, App, Running};
 pub use config::CommanderConfig;

@@ -45,6 +45,8 @@ pub struct Metrics {
     handshakes: [AtomicU64; 9],
     rotations: [AtomicU64; 3],
     connected: AtomicI64,
+    verify_batches: AtomicU64,
+    verify_signatures: AtomicU64,
     commit: Histogram,
     latency: Histogram,
 }
@@ -82,6 +84,21 @@ impl Metrics {
         if let Some(i) = ROTATION_RESULTS.iter().position(|r| *r == result) {
             self.rotations[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// One batch of `n` heartbeat signatures was checked.
+    pub fn verified_batch(&self, n: usize) {
+        self.verify_batches.fetch_add(1, Ordering::Relaxed);
+        self.verify_signatures
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Batches and signatures checked so far.
+    pub fn verified(&self) -> (u64, u64) {
+        (
+            self.verify_batches.load(Ordering::Relaxed),
+            self.verify_signatures.load(Ordering::Relaxed),
+        )
     }
 
     pub fn connected(&self, delta: i64) {
@@ -148,6 +165,19 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE hashfleet_sentries gauge");
         let _ = writeln!(out, "hashfleet_sentries {sentries}");
+        let (batches, signatures) = self.verified();
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_verify_batches_total Batches of heartbeat signatures checked."
+        );
+        let _ = writeln!(out, "# TYPE hashfleet_verify_batches_total counter");
+        let _ = writeln!(out, "hashfleet_verify_batches_total {batches}");
+        let _ = writeln!(
+            out,
+            "# HELP hashfleet_verify_signatures_total Heartbeat signatures checked in batches."
+        );
+        let _ = writeln!(out, "# TYPE hashfleet_verify_signatures_total counter");
+        let _ = writeln!(out, "hashfleet_verify_signatures_total {signatures}");
         self.commit.render(
             &mut out,
             "hashfleet_ingest_commit_seconds",

@@ -31,10 +31,7 @@ pub fn open(
     last_seq: u64,
     now_ms: u64,
 ) -> Result<Heartbeat, NackReason> {
-    let heartbeat: Heartbeat = codec::decode(&signed.payload).map_err(|_| NackReason::Malformed)?;
-    if &heartbeat.node_id != session {
-        return Err(NackReason::ForeignNode);
-    }
+    let heartbeat = decode_for(session, signed)?;
     sign::verify(
         session,
         Domain::Heartbeat,
@@ -42,11 +39,28 @@ pub fn open(
         &signed.signature,
     )
     .map_err(|_| NackReason::BadSignature)?;
+    check_fresh(&heartbeat, last_seq, now_ms)?;
+    Ok(heartbeat)
+}
+
+/// The checks [`open`] makes before the signature: the payload decodes and
+/// names the session's node. A caller that checks signatures in batches
+/// runs this, then the signature, then [`check_fresh`]: the same order.
+pub fn decode_for(session: &NodeId, signed: &SignedHeartbeat) -> Result<Heartbeat, NackReason> {
+    let heartbeat: Heartbeat = codec::decode(&signed.payload).map_err(|_| NackReason::Malformed)?;
+    if &heartbeat.node_id != session {
+        return Err(NackReason::ForeignNode);
+    }
+    Ok(heartbeat)
+}
+
+/// The checks [`open`] makes after the signature: the seq and the clock.
+pub fn check_fresh(heartbeat: &Heartbeat, last_seq: u64, now_ms: u64) -> Result<(), NackReason> {
     accept_seq(last_seq, heartbeat.seq)?;
     if heartbeat.ts_ms > now_ms.saturating_add(MAX_FUTURE_SKEW_MS) {
         return Err(NackReason::ClockSkew);
     }
-    Ok(heartbeat)
+    Ok(())
 }
 
 /// The replay rule: a seq must be strictly above the last accepted one.

@@ -18,6 +18,7 @@
 //! - [`liveness`]: keep-alive, timeouts and reconnect backoff.
 
 pub mod action;
+pub mod batch;
 pub mod codec;
 pub mod enroll;
 pub mod handshake;

@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use hashfleet_agent::framing::{FramedRecv, FramedSend, FramingError};
 use hashfleet_agent::session::peer_node;
+use hashfleet_shared::batch::{Pending, PreparedKey};
 use hashfleet_shared::handshake::{check_proof, make_challenge, CommanderHandshake};
 use hashfleet_shared::heartbeat;
 use hashfleet_shared::liveness::HANDSHAKE_TIMEOUT;
 use hashfleet_shared::rotation;
+use hashfleet_shared::sign::Domain;
 use hashfleet_shared::wire::{
-    Ack, CommanderMessage, Hello, Nack, NackReason, Reject, RejectCode, RotateRequest,
+    Ack, CommanderMessage, Heartbeat, Hello, Nack, NackReason, Reject, RejectCode, RotateRequest,
     RotationOutcome, RotationRequest, SentryMessage, SentryStatus, SignedHeartbeat, SignedRotation,
     StatusUpdate, WalletBinding, WalletOutcome, Welcome, EXPORTER_LABEL,
 };
@@ -251,6 +253,8 @@ async fn run(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let mut last_seq = progress.last_seq;
+    // The key is decompressed once for all of this session's signatures.
+    let prepared = PreparedKey::new(&peer);
     tx.send(&CommanderMessage::Welcome(Welcome {
         sentry_id,
         status: admitted.status,
@@ -323,7 +327,7 @@ async fn run(
                             if out_tx.send(nack).await.is_err() { break Err("writer stopped".into()); }
                             continue;
                         }
-                        match heartbeat::open(&peer, &signed, last_seq, now_ms()) {
+                        match open_heartbeat(app, &peer, prepared, &signed, last_seq).await {
                             Ok(hb) => {
                                 last_seq = hb.seq;
                                 let record = heartbeat_record(hb, sentry_id, now_ms());
@@ -425,6 +429,25 @@ async fn run(
     drop(out_tx);
     writer.abort();
     result
+}
+
+/// [`heartbeat::open`] with the signature checked by the verifier, in a
+/// batch with other sessions' heartbeats.
+async fn open_heartbeat(
+    app: &App,
+    peer: &NodeId,
+    key: PreparedKey,
+    signed: &SignedHeartbeat,
+    last_seq: u64,
+) -> Result<Heartbeat, NackReason> {
+    let hb = heartbeat::decode_for(peer, signed)?;
+    let item = Pending::new(key, Domain::Heartbeat, &signed.payload, signed.signature);
+    // A verifier that is gone means the commander is stopping: refuse.
+    if app.verifier.verify(item).await != Some(true) {
+        return Err(NackReason::BadSignature);
+    }
+    heartbeat::check_fresh(&hb, last_seq, now_ms())?;
+    Ok(hb)
 }
 
 fn rotate_request() -> CommanderMessage {
