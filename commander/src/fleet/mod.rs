@@ -100,6 +100,16 @@ struct Entry {
     /// The document and the status it was built with.
     doc: Option<(Status, Value)>,
     dirty_gen: u64,
+    /// Series ids of its metrics, for the type and tags it has: looked up
+    /// once, not by name on every heartbeat.
+    series: Vec<MetricSeries>,
+}
+
+/// One metric's device series and group series.
+struct MetricSeries {
+    metric: String,
+    device: u64,
+    groups: Vec<u64>,
 }
 
 struct CachedBucket {
@@ -253,6 +263,7 @@ impl Fleet {
                     record,
                     doc: None,
                     dirty_gen: 0,
+                    series: Vec::new(),
                 },
             );
         }
@@ -357,6 +368,37 @@ impl Fleet {
         self.apply_to(store, sentry_id, hb, all, all)
     }
 
+    /// The series ids of one metric of a device: its device series and,
+    /// for a group metric, the series of its type and of each grouping tag.
+    fn metric_series(
+        &self,
+        st: &mut State,
+        record: &DeviceStateRecord,
+        metric: &str,
+    ) -> MetricSeries {
+        let device = st.series_id(device_series(&record.id, metric));
+        let groups = if self.config.group_metrics.contains(metric) {
+            let prefixes = &self.config.group_tag_prefixes;
+            std::iter::once("*")
+                .chain(
+                    record
+                        .tags
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|t| prefixes.iter().any(|p| t.starts_with(p.as_str()))),
+                )
+                .map(|g| st.series_id(group_series(&record.kind, g, metric)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        MetricSeries {
+            metric: metric.to_string(),
+            device,
+            groups,
+        }
+    }
+
     /// Folds a heartbeat into the registry, into the device buckets of
     /// `device_res` and into the group buckets of `group_res` only (replay
     /// skips those already holding it).
@@ -386,33 +428,33 @@ impl Fleet {
                 hb.received_ms,
             );
             let online = device::reported_status(&record, &self.config.rules).is_online();
-            let mut samples: Vec<(String, f64)> = record
+            // The ids found for this device before hold while its type and
+            // tags do (tags decide its groups).
+            let mut ids = st
+                .devices
+                .get_mut(&snapshot.id)
+                .filter(|e| e.record.kind == record.kind && e.record.tags == record.tags)
+                .map(|e| std::mem::take(&mut e.series))
+                .unwrap_or_default();
+            let flags = [
+                ("online", if online { 1.0 } else { 0.0 }),
+                ("offline", if online { 0.0 } else { 1.0 }),
+            ];
+            let samples = record
                 .metrics
                 .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            samples.push(("online".into(), if online { 1.0 } else { 0.0 }));
-            samples.push(("offline".into(), if online { 0.0 } else { 1.0 }));
-            let prefixes = &self.config.group_tag_prefixes;
-            let groups: Vec<String> = std::iter::once("*".to_string())
-                .chain(
-                    record
-                        .tags
-                        .iter()
-                        .filter(|t| prefixes.iter().any(|p| t.starts_with(p.as_str())))
-                        .cloned(),
-                )
-                .collect();
+                .map(|(k, v)| (k.as_str(), *v))
+                .chain(flags);
             for (metric, value) in samples {
-                let dseries = st.series_id(device_series(&record.id, &metric));
-                let gseries: Vec<u64> = if self.config.group_metrics.contains(&metric) {
-                    groups
-                        .iter()
-                        .map(|g| st.series_id(group_series(&record.kind, g, &metric)))
-                        .collect()
-                } else {
-                    Vec::new()
+                let at = match ids.iter().position(|m| m.metric == metric) {
+                    Some(at) => at,
+                    None => {
+                        ids.push(self.metric_series(&mut st, &record, metric));
+                        ids.len() - 1
+                    }
                 };
+                let dseries = ids[at].device;
+                let gseries = &ids[at].groups;
                 for &resolution in &self.config.resolutions {
                     let to_device = device_res.contains(&resolution);
                     let to_groups = !gseries.is_empty() && group_res.contains(&resolution);
@@ -443,7 +485,7 @@ impl Fleet {
                     if !to_groups {
                         continue;
                     }
-                    for &g in &gseries {
+                    for &g in gseries {
                         let gkey = RollupKey {
                             series: g,
                             resolution,
@@ -454,14 +496,25 @@ impl Fleet {
                     }
                 }
             }
-            st.devices.insert(
-                record.id.clone(),
-                Entry {
-                    record,
-                    doc: None,
-                    dirty_gen: gen,
-                },
-            );
+            match st.devices.get_mut(&record.id) {
+                Some(e) => {
+                    e.record = record;
+                    e.doc = None;
+                    e.dirty_gen = gen;
+                    e.series = ids;
+                }
+                None => {
+                    st.devices.insert(
+                        record.id.clone(),
+                        Entry {
+                            record,
+                            doc: None,
+                            dirty_gen: gen,
+                            series: ids,
+                        },
+                    );
+                }
+            }
         }
         let applied = st.applied.entry(sentry_id).or_insert(0);
         *applied = (*applied).max(hb.seq);
