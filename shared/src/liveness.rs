@@ -1,15 +1,19 @@
 //! Liveness timing both ends agree on, and the reconnect backoff.
 //!
-//! QUIC keep-alives every second and a 5 s idle timeout mean a vanished
-//! peer is noticed within seconds, not after quinn's default 30 s. A
+//! QUIC keep-alives every 3 s and a 9 s idle timeout (three keep-alives
+//! missed) mean a vanished peer is noticed within seconds, not after
+//! quinn's default 30 s. Every keep-alive is a packet the commander must
+//! decrypt and answer, per sentry: at 1 s, 25,000 idle sentries cost the
+//! commander (measured in `docs/benchmarks.md`'s capacity rows) more than
+//! their heartbeats did. A
 //! restarted commander resets old connections at once (its stateless-reset
 //! key is derived from its identity). A sentry also treats "no
 //! acknowledgement within 3 heartbeat intervals" as a dead session.
 
 use std::time::Duration;
 
-pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(9);
 /// The whole handshake (TLS, hello, challenge, welcome) must finish in this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat intervals without an acknowledgement before a session is dead.
