@@ -481,8 +481,9 @@ fn main() -> anyhow::Result<()> {
          in flight a sentry. hb/s counts heartbeats verified, stored, flushed and acknowledged, from\n\
          the moment every sentry is connected. CPU is in cores (1.0 is one core busy) over the same\n\
          window; RSS is the commander's. Checkpoints are the fleet checkpoints (rollups and device\n\
-         state, one sled transaction every 30 s) the commander logged during the row, with their\n\
-         durations; commits are ingest batches (store and flush), from its `/metrics`.\n"
+         state every 30 s, written in parts of about 256 records that ingest commits run between)\n\
+         the commander logged during the row, with their durations; commits are ingest batches\n\
+         (store and flush), from its `/metrics`.\n"
     );
     let _ = writeln!(
         w,
