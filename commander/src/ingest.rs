@@ -210,7 +210,10 @@ async fn apply_loop(
         let stored = match joined {
             Ok(s) => s,
             Err(e) => {
-                // Its sessions' senders went with it: they end, and resend.
+                // The batch is stored but not acknowledged: its sentries
+                // resend after their ack deadline, and the writer drops
+                // those as duplicates and acknowledges them. Its samples
+                // are missing from the rollups; this error says so.
                 error!("ingest apply task failed: {e}");
                 continue;
             }

@@ -947,8 +947,12 @@ impl Snapshot {
             if !shared && !current.is_empty() && current.len() + unit.len() > part_records {
                 parts.push(std::mem::take(&mut current));
             }
-            current.buckets.extend(unit.buckets);
-            current.marks.extend(unit.marks);
+            if current.is_empty() {
+                current = unit;
+            } else {
+                current.buckets.extend(unit.buckets);
+                current.marks.extend(unit.marks);
+            }
         }
         if !current.is_empty() {
             parts.push(current);

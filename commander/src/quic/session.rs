@@ -57,7 +57,9 @@ pub async fn serve(
             return;
         }
     };
-    let established = tokio::time::timeout_at(deadline, handshake(&app, &conn)).await;
+    // Boxed: its state is freed when it ends, instead of sizing the task
+    // that lives as long as the session.
+    let established = tokio::time::timeout_at(deadline, Box::pin(handshake(&app, &conn))).await;
     // Established or not, this source's handshake slot is free again; the
     // ticket itself lives (counting the connection) until the session ends.
     ticket.handshake_done();
@@ -294,6 +296,12 @@ async fn run(
             tokio::time::Instant::now()
                 + std::time::Duration::from_millis(until_ms.saturating_sub(now_ms()))
         });
+    // What the loop needs of the hello and the admission; the rest (labels,
+    // the sentry's history) need not stay with every session.
+    let hello_nonce = hello.nonce;
+    let retired_key = admitted.retired_key;
+    drop(hello);
+    drop(admitted);
     let retired_timer = async {
         match retired_until {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -359,16 +367,17 @@ async fn run(
                     }
                     SentryMessage::Hello(_) => break Err("a second Hello".into()),
                     SentryMessage::ActionResult(signed) => {
-                        record_action_result(app, &peer, sentry_id, &signed).await;
+                        Box::pin(record_action_result(app, &peer, sentry_id, &signed)).await;
                     }
                     SentryMessage::RotateKey(signed) => {
-                        let outcome = rotate_key(app, &peer, sentry_id, &session_nonce, &signed).await;
+                        // Rare handlers are boxed: their state is not part of every session.
+                        let outcome = Box::pin(rotate_key(app, &peer, sentry_id, &session_nonce, &signed)).await;
                         if out_tx.send(CommanderMessage::Rotated(outcome)).await.is_err() {
                             break Err("writer stopped".into());
                         }
                     }
                     SentryMessage::BindWallet(binding) => {
-                        let outcome = bind_wallet(app, &peer, sentry_id, &session_nonce, admitted.retired_key, &binding).await;
+                        let outcome = Box::pin(bind_wallet(app, &peer, sentry_id, &session_nonce, retired_key, &binding)).await;
                         if out_tx.send(CommanderMessage::WalletBound(outcome)).await.is_err() {
                             break Err("writer stopped".into());
                         }
@@ -411,7 +420,7 @@ async fn run(
                     break Err("challenge not answered in time".into());
                 }
                 let nonce = random_bytes();
-                let challenge = make_challenge(&app.identity.current().node, &hello.nonce, &exporter, &peer, nonce);
+                let challenge = make_challenge(&app.identity.current().node, &hello_nonce, &exporter, &peer, nonce);
                 outstanding = Some(nonce);
                 if out_tx.send(CommanderMessage::Challenge(challenge)).await.is_err() {
                     break Err("writer stopped".into());
