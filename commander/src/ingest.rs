@@ -7,7 +7,8 @@
 //! and the sentries' progress in one transaction and flushes. A second
 //! stage then folds the batch into the fleet (registry, rollups) and only
 //! then acknowledges, while the writer already stores the next batch: an
-//! ack means stored and applied, and the two stages run on two cores. Acks are cumulative per session, carried by a `watch`, so
+//! ack means stored and applied, and the two stages run on two cores.
+//! Acks are cumulative per session, carried by a `watch`, so
 //! a sentry that does not read cannot make them pile up.
 //!
 //! When a batch cannot be stored, every session in it is marked
@@ -141,7 +142,8 @@ const STORED_QUEUE: usize = 2;
 /// A durably stored batch, waiting to be applied and acknowledged.
 struct Stored {
     writes: Vec<HeartbeatWrite>,
-    /// Every item of the batch (duplicates too): its session and seq.
+    /// Every item of the batch (duplicates too): its session's ack state,
+    /// its seq and when it was received (ms).
     acks: Vec<(Arc<watch::Sender<Acked>>, u64, u64)>,
     duplicates: u64,
 }
@@ -177,14 +179,14 @@ async fn commit(
             metrics.commit(started.elapsed().as_secs_f64());
             Some(stored)
         }
-        Err((reason, acks)) => {
+        Err(BatchFailed { reason, sessions }) => {
             // Nothing is acknowledged, and these sessions end: the sentries
             // keep the heartbeats in their outboxes and resend them.
             error!(
                 "storing a batch of {} heartbeats failed, none acknowledged: {reason}",
-                acks.len()
+                sessions.len()
             );
-            for acked in &acks {
+            for acked in &sessions {
                 acked.send_replace(Acked::Failed);
             }
             None
@@ -235,14 +237,19 @@ async fn apply_loop(
     }
 }
 
-/// Drops heartbeats already stored, writes the rest. Blocking. On failure,
-/// the sessions of the batch come back for the caller to tell.
-#[allow(clippy::type_complexity)]
+/// A batch that could not be stored, and the sessions to tell.
+struct BatchFailed {
+    reason: String,
+    /// One per heartbeat of the batch.
+    sessions: Vec<Arc<watch::Sender<Acked>>>,
+}
+
+/// Drops heartbeats already stored, writes the rest. Blocking.
 fn write_batch(
     store: &dyn Store,
     known: &mut HashMap<u64, u64>,
     batch: Vec<IngestItem>,
-) -> Result<Stored, (String, Vec<Arc<watch::Sender<Acked>>>)> {
+) -> Result<Stored, BatchFailed> {
     let mut writes = Vec::with_capacity(batch.len());
     let mut acks = Vec::with_capacity(batch.len());
     let mut duplicates = 0u64;
@@ -286,7 +293,10 @@ fn write_batch(
             acks,
             duplicates,
         }),
-        Err(reason) => Err((reason, acks.into_iter().map(|(a, _, _)| a).collect())),
+        Err(reason) => Err(BatchFailed {
+            reason,
+            sessions: acks.into_iter().map(|(a, _, _)| a).collect(),
+        }),
     }
 }
 
