@@ -150,9 +150,6 @@ struct State {
     /// resolution's device buckets (every heartbeat up to it is in them,
     /// none after it).
     saved: HashMap<(u64, Resolution), u64>,
-    /// Per resolution and sentry: the group mark stored with the group
-    /// buckets. Never below the device mark.
-    saved_group: HashMap<Resolution, HashMap<u64, u64>>,
     /// Per sentry: (site, rack), from its hello labels.
     places: HashMap<u64, (String, String)>,
 }
@@ -233,8 +230,11 @@ pub struct CheckpointStats {
 pub struct Fleet {
     config: FleetConfig,
     state: Mutex<State>,
-    /// One checkpoint at a time: each takes what is dirty and marks it clean.
-    checkpointing: Mutex<()>,
+    /// One checkpoint at a time: each takes what is dirty and marks it
+    /// clean. It holds what only checkpoints change, the group marks as
+    /// stored (per resolution and sentry; never below the device mark), so
+    /// building them does not hold up ingest's lock on the state.
+    checkpointing: Mutex<GroupMarksSaved>,
     /// About how many records a checkpoint part holds ([`PART_RECORDS`]).
     part_records: usize,
 }
@@ -270,26 +270,28 @@ impl Fleet {
         for (sentry, r, seq) in store.rollup_marks()? {
             state.saved.insert((sentry, r), seq);
         }
-        for (r, marks) in store.group_marks()? {
-            state.saved_group.insert(r, marks.into_iter().collect());
-        }
+        let mut saved_group: GroupMarksSaved = store
+            .group_marks()?
+            .into_iter()
+            .map(|(r, marks)| (r, marks.into_iter().collect()))
+            .collect();
         // A resolution with no group marks was last written with one mark
         // for device and group buckets (or never): the device marks hold.
         for r in &config.resolutions {
-            if !state.saved_group.contains_key(r) {
+            if !saved_group.contains_key(r) {
                 let marks = state
                     .saved
                     .iter()
                     .filter(|((_, mr), _)| mr == r)
                     .map(|((sentry, _), seq)| (*sentry, *seq))
                     .collect();
-                state.saved_group.insert(*r, marks);
+                saved_group.insert(*r, marks);
             }
         }
         let fleet = Fleet {
             config,
             state: Mutex::new(state),
-            checkpointing: Mutex::new(()),
+            checkpointing: Mutex::new(GroupMarksSaved::new()),
             part_records: PART_RECORDS,
         };
         let mut replayed = 0u64;
@@ -302,8 +304,7 @@ impl Fleet {
                     .iter()
                     .map(|r| {
                         let device = st.saved.get(&(sentry, *r)).copied().unwrap_or(0);
-                        let group = st
-                            .saved_group
+                        let group = saved_group
                             .get(r)
                             .and_then(|m| m.get(&sentry))
                             .copied()
@@ -341,6 +342,10 @@ impl Fleet {
                 from = last;
             }
         }
+        *fleet
+            .checkpointing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = saved_group;
         if replayed > 0 {
             tracing::info!(
                 replayed,
@@ -546,11 +551,12 @@ impl Fleet {
         resolutions: &[Resolution],
         write: impl FnOnce(&Checkpoint) -> Result<(), StoreError>,
     ) -> Result<CheckpointStats, StoreError> {
-        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut saved_group = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let with_devices = resolutions.contains(&Resolution::M1);
         // One look at the state, under its lock: the buckets and the marks
         // must describe the same moment.
-        let (snap, gen) = {
+        let applied: Vec<(u64, u64)>;
+        let (mut snap, gen) = {
             let st = self.lock();
             let mut snap = Snapshot {
                 series: st.unsaved_series.clone(),
@@ -563,21 +569,7 @@ impl Fleet {
                     }
                 }
             }
-            for &r in resolutions {
-                let mut marks = st.saved_group.get(&r).cloned().unwrap_or_default();
-                let before = marks.len();
-                let mut changed = false;
-                for (&sentry, &seq) in &st.applied {
-                    if marks.insert(sentry, seq) != Some(seq) {
-                        changed = true;
-                    }
-                }
-                if changed || marks.len() != before {
-                    let mut marks: Vec<(u64, u64)> = marks.into_iter().collect();
-                    marks.sort_unstable();
-                    snap.group_marks.push((r, marks));
-                }
-            }
+            applied = st.applied.iter().map(|(s, q)| (*s, *q)).collect();
             if with_devices {
                 snap.devices = st
                     .devices
@@ -593,6 +585,21 @@ impl Fleet {
             }
             (snap, st.gen)
         };
+        // The group marks, off the state's lock.
+        for &r in resolutions {
+            let saved = saved_group.get(&r);
+            if applied
+                .iter()
+                .all(|(sentry, seq)| saved.and_then(|m| m.get(sentry)) == Some(seq))
+            {
+                continue;
+            }
+            let mut marks = saved.cloned().unwrap_or_default();
+            marks.extend(applied.iter().copied());
+            let mut marks: Vec<(u64, u64)> = marks.into_iter().collect();
+            marks.sort_unstable();
+            snap.group_marks.push((r, marks));
+        }
         let stats = CheckpointStats {
             devices: snap.devices.len(),
             buckets: snap.buckets.len(),
@@ -634,7 +641,7 @@ impl Fleet {
             st.saved.insert((*sentry, *r), *seq);
         }
         for (r, marks) in &cp.groups.marks {
-            st.saved_group.insert(*r, marks.iter().copied().collect());
+            saved_group.insert(*r, marks.iter().copied().collect());
         }
         // Closed, saved buckets need not stay in memory.
         st.buckets
@@ -890,6 +897,9 @@ impl Fleet {
         self.lock().series.values().copied().collect()
     }
 }
+
+/// Per resolution and sentry: a stored group mark.
+type GroupMarksSaved = HashMap<Resolution, HashMap<u64, u64>>;
 
 /// What a checkpoint took from the state, before it is cut into parts.
 #[derive(Default)]
